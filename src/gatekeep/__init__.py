@@ -1,0 +1,3 @@
+"""Gatekeep: a fair virtual waiting room with signed admission tokens."""
+
+__version__ = "0.1.0"
