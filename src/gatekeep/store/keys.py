@@ -1,0 +1,56 @@
+"""Redis key names of the Redis store.
+
+Every key of one event has the form `gk:{EVENT_ID}:...`, so the event id is the Redis Cluster
+hash tag and one Lua script may touch all of an event's keys. Event ids never contain braces
+(see `model.ID_PATTERN`), so the tag is always the whole id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Set of every event id. It is configuration, so it has no expiry. It lives in its own hash
+# slot, so no event script touches it.
+EVENTS_KEY = "gk:events"
+
+
+@dataclass(frozen=True, slots=True)
+class EventKeys:
+    """The keys of one event, in the order every Lua script receives them as KEYS[1..8]."""
+
+    config: str  # HASH of EventConfig fields, without expiry
+    state: str  # HASH credit, last_ms, seq, obs_count, obs_time_s, *_total counters
+    waiting: str  # ZSET queue_id -> bucket_rank * SEQ_SPAN + seq
+    heartbeats: str  # ZSET queue_id -> last heartbeat ms, waiting entries only
+    admitted: str  # ZSET queue_id -> session expiry ms, active sessions only
+    entries: str  # HASH queue_id -> entry JSON
+    devices: str  # HASH device_id -> queue_id of the device's live entry
+    retired: str  # ZSET queue_id -> purge-at ms of ended entries
+
+    def as_list(self) -> list[str]:
+        """Return the keys in KEYS order for a script call."""
+        return [
+            self.config,
+            self.state,
+            self.waiting,
+            self.heartbeats,
+            self.admitted,
+            self.entries,
+            self.devices,
+            self.retired,
+        ]
+
+
+def event_keys(event_id: str) -> EventKeys:
+    """Build the keys of one event; all of them hash to the slot of `event_id`."""
+    prefix = f"gk:{{{event_id}}}:"
+    return EventKeys(
+        config=prefix + "config",
+        state=prefix + "state",
+        waiting=prefix + "waiting",
+        heartbeats=prefix + "heartbeats",
+        admitted=prefix + "admitted",
+        entries=prefix + "entries",
+        devices=prefix + "devices",
+        retired=prefix + "retired",
+    )
