@@ -1,0 +1,3 @@
+module gatekeepverify
+
+go 1.19
