@@ -11,6 +11,7 @@ single-node or Sentinel client, and the `gk:events` index needs a cluster-aware 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Sequence
 from importlib import resources
@@ -370,7 +371,11 @@ def _flag(value: bool) -> str:
 
 
 def _config_pairs(config: EventConfig) -> list[str]:
-    """Encode a config as HSET field/value pairs. Floats use repr, so they read back exactly."""
+    """Encode a config as HSET field/value pairs: the fields Lua reads, plus the whole document.
+
+    Lua scripts read the flat fields; Python reads `document`, so a new EventConfig field needs
+    no change here unless a script reads it. Floats use repr, so they read back exactly.
+    """
     return [
         "event_id",
         config.event_id,
@@ -390,21 +395,27 @@ def _config_pairs(config: EventConfig) -> list[str]:
         orjson.dumps(list(config.buckets)).decode(),
         "paused",
         _flag(config.paused),
+        "document",
+        orjson.dumps(config.to_dict()).decode(),
     ]
 
 
+# Config fields that a Lua script may change on its own (`set_paused`); they are read from
+# their flat field, which is always current, instead of from `document`.
+SCRIPT_WRITTEN_FIELDS = ("paused",)
+
+
 def _config_from_fields(fields: dict[str, str]) -> EventConfig:
-    return EventConfig(
-        event_id=fields["event_id"],
-        enabled=fields["enabled"] == "1",
-        max_queue_size=int(fields["max_queue_size"]),
-        release_rate=float(fields["release_rate"]),
-        max_capacity=int(fields["max_capacity"]),
-        session_ttl_s=float(fields["session_ttl_s"]),
-        heartbeat_timeout_s=float(fields["heartbeat_timeout_s"]),
-        buckets=tuple(orjson.loads(fields["buckets"])),
-        paused=fields["paused"] == "1",
-    )
+    flags = tuple(fields[name] == "1" for name in SCRIPT_WRITTEN_FIELDS)
+    return _decode_config(fields["document"], flags)
+
+
+@functools.lru_cache(maxsize=1024)
+def _decode_config(document_json: str, flags: tuple[bool, ...]) -> EventConfig:
+    """Validate a stored config once per distinct document; every status call reads one."""
+    document = orjson.loads(document_json)
+    document.update(zip(SCRIPT_WRITTEN_FIELDS, flags, strict=True))
+    return EventConfig.from_dict(document)
 
 
 def _config_from_pairs(flat: list[str]) -> EventConfig:
