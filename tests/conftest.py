@@ -6,8 +6,10 @@ test command installs it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +28,11 @@ from gatekeep.store.memory import MemoryStore
 TOKEN_SECRET = "test-secret-0123456789abcdefghijklmnopqrstuvwxyz"
 ADMIN_KEY = "test-admin-key-0123456789"
 GRANT_SECRET = "test-grant-secret-0123456789abcdefghijklmnop"
+NO_RATE_LIMITS = ",".join(
+    f"{kind}.{dimension}=off"
+    for kind in ("join", "status", "heartbeat", "admin")
+    for dimension in ("device", "ip", "user", "key")
+)
 
 
 def free_port() -> int:
@@ -82,6 +89,9 @@ class RedisServer:
             self.process.wait(timeout=10)
             self.process = None
 
+    def remove_directory(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
     def flush(self) -> None:
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as connection:
             connection.sendall(b"FLUSHALL\r\n")
@@ -94,6 +104,7 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+    server.remove_directory()
 
 
 @pytest.fixture
@@ -111,6 +122,7 @@ def own_redis() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+    server.remove_directory()
 
 
 async def make_redis_store(url: str) -> Store:
@@ -154,13 +166,17 @@ class Service:
         return self.log_path.read_text().splitlines()
 
     def stop(self) -> None:
+        """Stop the service; kill its whole process group if it does not stop in 10 s."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        # Workers left behind by a crashed parent would keep releasing on the shared Redis.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
 
 LOG_DIRECTORY = Path(tempfile.mkdtemp(prefix="gatekeep-test-logs-"))
@@ -185,6 +201,8 @@ def start_service(
         GATEKEEP_GRANT_SECRET=GRANT_SECRET,
         GATEKEEP_LOG_LEVEL="DEBUG",
         GATEKEEP_RELEASE_TICK_MS="50",
+        # Tests drive many requests from one address; rate-limit tests set their own limits.
+        GATEKEEP_RATE_LIMITS=NO_RATE_LIMITS,
     )
     if redis_url:
         env["GATEKEEP_REDIS_URL"] = redis_url
@@ -195,7 +213,9 @@ def start_service(
     log_path = LOG_DIRECTORY / f"service-{port}.log"
     command = [sys.executable, "-m", "gatekeep.cli", "serve", "--workers", str(workers)]
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
     service = Service(f"http://127.0.0.1:{port}", process, log_path, env)
     if wait_ready:
         _wait_healthy(service)
@@ -238,3 +258,9 @@ def redis_service(redis_url: str) -> Iterator[Service]:
 
 def all_service_logs() -> list[Path]:
     return sorted(LOG_DIRECTORY.glob("service-*.log"))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove the service logs after a passing run; keep them to debug a failing one."""
+    if exitstatus == 0:
+        shutil.rmtree(LOG_DIRECTORY, ignore_errors=True)
