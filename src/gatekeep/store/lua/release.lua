@@ -1,10 +1,20 @@
--- release: run one release step, admitting the first waiting entries that the credit, the
--- free capacity and max_batch allow, and start a session for each.
--- KEYS: the eight event keys described in common.lua.
+-- release: run one release step. It freezes the pre-queue once `opens_at` has passed, and it
+-- ends the waiting entries of an event that closed or sold out. Then it admits as many entries
+-- as the credit, the free capacity and max_batch allow. `passthrough` mode and a manual
+-- release ignore the credit.
+-- KEYS: the eight event keys described in common.lua, then the three of control.lua.
 -- ARGV[1] max_batch: the most entries to admit in this call.
--- Returns {'ok', waiting entries expired, sessions expired, admitted queue ids...} or
--- {'event_not_found'}.
+-- ARGV[2] manual_count: '' for a release tick, or N for a manual release of N users, which
+--         ignores the credit and the pause but not the capacity.
+-- ARGV[3] rng_hex: fresh random hex from Python, for the draws of `random` mode.
+-- ARGV[4] seed_hex, ARGV[5] commitment_hex: a fairness seed candidate and its SHA-256, stored
+--         only when the event has no seed yet.
+-- Returns {'ok', waiting entries expired, sessions expired, {transitions...}, admitted ids...},
+-- {'opening', waiting entries expired, sessions expired} while the frozen pre-queue waits for
+-- its order (see open_event.lua), or {'event_not_found'}.
 local max_batch = tonumber(ARGV[1])
+local manual_count = tonumber(ARGV[2])
+local rng_hex = ARGV[3]
 
 local cfg = load_config()
 if not cfg then
@@ -14,63 +24,85 @@ end
 local now_ms = clock_ms()
 local st = load_state(now_ms)
 local expired_waiting, expired_sessions = purge(cfg, st, now_ms)
+local ctl = load_control(cfg)
+ensure_seed(ctl, ARGV[4], ARGV[5])
+freeze_if_due(cfg, ctl, now_ms)
 
 local waiting_before = redis.call('ZCARD', K_WAITING)
 local dt_s = settle(cfg, st, now_ms)
+
+if ctl.phase == 'opening' then
+  -- Credit starts once the order is applied, so the frozen moments earn no burst.
+  st.credit = 0
+  finish(cfg, st)
+  refresh_control_ttl()
+  return {'opening', expired_waiting, expired_sessions}
+end
+
+-- Record each phase change once, and clear the mark when the operator undoes it (a later
+-- closes_at, or new stock), so a second change is reported again.
+local transitions = {}
+if ctl.opened_unreported == '1' then
+  -- A join opened the event because its pre-queue was empty.
+  ctl.opened_unreported = '0'
+  redis.call('HSET', K_CONTROL, 'opened_unreported', '0')
+  transitions[#transitions + 1] = 'opened'
+end
+local function mark(flag, active)
+  if active and ctl[flag] ~= '1' then
+    ctl[flag] = '1'
+    redis.call('HSET', K_CONTROL, flag, '1')
+    transitions[#transitions + 1] = flag
+  elseif not active and ctl[flag] == '1' then
+    ctl[flag] = '0'
+    redis.call('HSET', K_CONTROL, flag, '0')
+  end
+end
+mark('closed', is_closed(cfg, now_ms))
+mark('sold_out', is_sold_out(ctl))
+
+local ending = ending_status(cfg, ctl, now_ms)
+if ending then
+  end_waiting(ending, now_ms)
+end
+
 local capacity_left = math.max(0, cfg.max_capacity - redis.call('ZCARD', K_ADMITTED))
--- The epsilon absorbs float error, so 0.1 credit added ten times admits one user.
-local count = math.min(math.floor(st.credit + 1e-9), capacity_left, waiting_before, max_batch)
-count = math.max(0, count)
-if cfg.paused then
+local kind = 'tick'
+local count
+if manual_count then
+  kind = 'manual'
+  count = math.min(manual_count, capacity_left, waiting_before, max_batch)
+elseif cfg.paused then
   -- A pause stops admission at once, even with credit saved from before it.
   count = 0
+elseif cfg.mode == 'passthrough' then
+  count = math.min(capacity_left, waiting_before, max_batch)
+else
+  -- The epsilon absorbs float error, so 0.1 credit added ten times admits one user.
+  count = math.min(math.floor(st.credit + 1e-9), capacity_left, waiting_before, max_batch)
 end
-
-local reply = {'ok', expired_waiting, expired_sessions}
-if count > 0 then
-  -- Take the first `count` waiting ids in queue order. ZRANGE plus one range removal is
-  -- cheaper than ZPOPMIN, which formats and returns every score.
-  local queue_ids = redis.call('ZRANGE', K_WAITING, 0, count - 1)
-  redis.call('ZREMRANGEBYRANK', K_WAITING, 0, count - 1)
-
-  local heartbeats = fetch_in_chunks('ZMSCORE', K_HEARTBEATS, queue_ids)
-  local raws = fetch_in_chunks('HMGET', K_ENTRIES, queue_ids)
-  call_in_chunks('ZREM', K_HEARTBEATS, queue_ids)
-
-  -- Every admitted entry gets the same head apart from `h`, so its parts are built once. This
-  -- loop runs up to max_batch times inside one atomic call.
-  local expires_text = int_str(now_ms + cfg.session_ttl_ms)
-  local head_start = '{"s":"admitted","h":'
-  local head_end = ',"a":' .. int_str(now_ms) .. ',"x":' .. expires_text
-  local entry_pairs = {}
-  local session_pairs = {}
-  local pair_count = 0
-  for i, queue_id in ipairs(queue_ids) do
-    -- A waiting id always has an entry. One without is skipped, so it is neither admitted
-    -- nor counted.
-    local raw = raws[i]
-    if raw then
-      local heartbeat_text = heartbeats[i]
-      if not heartbeat_text then
-        heartbeat_text = entry_heartbeat_text(raw)
-      elseif not string.find(heartbeat_text, '^%d+$') then
-        heartbeat_text = int_str(tonumber(heartbeat_text))
-      end
-      pair_count = pair_count + 2
-      entry_pairs[pair_count - 1] = queue_id
-      entry_pairs[pair_count] = head_start .. heartbeat_text .. head_end
-        .. string.sub(raw, fixed_start(raw))
-      session_pairs[pair_count - 1] = expires_text
-      session_pairs[pair_count] = queue_id
-      reply[#reply + 1] = queue_id
-    end
-  end
-  call_in_chunks('HSET', K_ENTRIES, entry_pairs)
-  call_in_chunks('ZADD', K_ADMITTED, session_pairs)
+if ending or is_scheduled(cfg, ctl, now_ms) then
+  count = 0
 end
+if is_scheduled(cfg, ctl, now_ms) then
+  -- Credit starts at opening: time before it earns nothing.
+  st.credit = 0
+end
+count = math.max(0, count)
 
-local admitted = #reply - 3
-st.credit = st.credit - admitted
+local picked
+if cfg.mode == 'random' then
+  picked = pick_at_random(count, rng_hex)
+else
+  picked = pick_in_order(count)
+end
+local admitted_ids = admit(cfg, ctl, picked, now_ms, kind)
+local admitted = #admitted_ids
+
+-- Only admissions paid by credit use it up: passthrough and manual releases leave it alone.
+if kind == 'tick' and cfg.mode ~= 'passthrough' then
+  st.credit = st.credit - admitted
+end
 if count == waiting_before or count == capacity_left then
   -- Nothing more can be released now, so the credit stops at one user. An idle or full event
   -- never saves up a burst beyond the configured rate.
@@ -84,4 +116,9 @@ if waiting_before > 0 and not cfg.paused then
 end
 
 finish(cfg, st)
+refresh_control_ttl()
+local reply = {'ok', expired_waiting, expired_sessions, transitions}
+for _, queue_id in ipairs(admitted_ids) do
+  reply[#reply + 1] = queue_id
+end
 return reply
