@@ -279,7 +279,7 @@ async def test_join_bad_input_400_stores_nothing(service: Service, body: bytes, 
     assert state["waiting"] == 0
 
 
-async def test_join_oversized_body_413_stores_nothing(service: Service) -> None:
+async def test_join_oversized_body_400_stores_nothing(service: Service) -> None:
     async with service.client() as client:
         await put_event(client, "ev", paused=True)
 
@@ -288,7 +288,7 @@ async def test_join_oversized_body_413_stores_nothing(service: Service) -> None:
         )
         state = (await client.get("/v1/events/ev")).json()
 
-    assert_error(response, 413, "body_too_large")
+    assert_error(response, 400, "body_too_large")
     assert state["waiting"] == 0
 
 

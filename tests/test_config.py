@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import free_port
 from gatekeep.config import ConfigError, load_events_file, load_settings
 
 SECRET = "s" * 40
@@ -130,3 +132,22 @@ def test_serve_embedded_rejects_two_workers() -> None:
 
     assert result.returncode == 2
     assert "GATEKEEP_REDIS_URL" in result.stderr
+
+
+def test_serve_busy_metrics_port_named() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+
+        result = subprocess.run(
+            [sys.executable, "-m", "gatekeep.cli", "serve", "--port", str(free_port())],
+            env={"PATH": "/usr/bin:/bin", "GATEKEEP_METRICS_PORT": str(port)},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    assert result.returncode == 2
+    assert f"GATEKEEP_METRICS_PORT={port}" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -61,7 +61,7 @@ async def test_logs_hold_no_secret_token_or_queue_id(service: Service) -> None:
         assert queue_id.split(".")[0] not in text
 
 
-def test_all_service_logs_of_the_run_hold_no_secret() -> None:
+def test_session_logs_hold_no_secret() -> None:
     """Scans every service log written so far in this test session (at least this file's)."""
     paths = all_service_logs()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 from conftest import RedisServer, start_service
 from test_api import join, put_event
@@ -37,3 +38,27 @@ async def test_store_outage_503_then_recovers(own_redis: RedisServer) -> None:
         assert response.json()["error"]["code"] == "store_unavailable"
     assert service.process.returncode in (0, -15)
     assert up_join.status_code == 201
+
+
+async def test_events_file_events_return_after_redis_loses_data(
+    own_redis: RedisServer, tmp_path: Path
+) -> None:
+    events_file = tmp_path / "events.toml"
+    events_file.write_text('[[events]]\nevent_id = "from-file"\nrelease_rate = 2.0\n')
+    service = start_service(redis_url=own_redis.url, events_file=events_file)
+    try:
+        async with service.client() as client:
+            assert (await client.get("/v1/events/from-file")).status_code == 200
+
+            own_redis.stop()
+            own_redis.start()  # no persistence: the new server is empty
+            deadline = time.monotonic() + 15
+            while (await client.get("/v1/events/from-file")).status_code != 200:
+                assert time.monotonic() < deadline, "the file's event did not come back in 15 s"
+                await asyncio.sleep(0.2)
+            joined = await join(client, "from-file", "d1")
+    finally:
+        service.stop()
+
+    assert joined.status_code == 201
+    assert "event.recreated event_id=from-file" in service.log_path.read_text()

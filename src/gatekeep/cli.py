@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 from gatekeep.config import ConfigError, Settings, load_settings
 
 logger = logging.getLogger("gatekeep.cli")
+
+SHUTDOWN_TIMEOUT_S = 10
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,9 +47,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     grant.add_argument("--device-id", help="bind the grant to one device")
     grant.add_argument("--ttl-s", type=int, default=600, help="seconds the grant stays valid")
 
+    from gatekeep import audit_cli
+
+    audit_cli.add_arguments(commands)
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         return run_serve(args)
+    if args.command == "verify-order":
+        return audit_cli.run_verify_order(args)
+    if args.command == "export-log":
+        return audit_cli.run_export_log(args)
+    if args.command == "check-log":
+        return audit_cli.run_check_log(args)
     if args.command == "simulate":
         from gatekeep.simulate import run_simulate
 
@@ -107,15 +121,27 @@ def _run_uvicorn(settings: Settings) -> int:
         os.environ["GATEKEEP_WORKERS"] = str(settings.workers)
         if settings.events_file:
             os.environ["GATEKEEP_EVENTS_FILE"] = settings.events_file
-        os.environ.setdefault(
-            "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="gatekeep-metrics-")
-        )
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_directory())
 
     from gatekeep import metrics
 
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        metrics.prepare_multiprocess_directory(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
     if settings.metrics_port is not None:
-        metrics.serve_metrics(settings.host, settings.metrics_port)
-        logger.info("metrics.start host=%s port=%s", settings.host, settings.metrics_port)
+        metrics_host = settings.metrics_host or settings.host
+        try:
+            metrics.serve_metrics(metrics_host, settings.metrics_port)
+        except OSError as error:
+            print(
+                f"gatekeep: configuration error: GATEKEEP_METRICS_PORT={settings.metrics_port} "
+                f"cannot be bound on {metrics_host} ({error.strerror}); choose a free port or "
+                "set GATEKEEP_METRICS_PORT=off",
+                file=sys.stderr,
+            )
+            return 2
+        logger.info("metrics.start host=%s port=%s", metrics_host, settings.metrics_port)
 
     common = {
         "host": settings.host,
@@ -123,6 +149,11 @@ def _run_uvicorn(settings: Settings) -> int:
         "log_config": None,
         "access_log": False,
         "server_header": False,
+        # Open event streams would otherwise hold a graceful shutdown open for good.
+        "timeout_graceful_shutdown": SHUTDOWN_TIMEOUT_S,
+        # GATEKEEP_TRUSTED_PROXIES decides whom to believe about client addresses. uvicorn's
+        # own handling would trust X-Forwarded-For from 127.0.0.1 by default.
+        "proxy_headers": False,
     }
     if settings.workers > 1:
         uvicorn.run(
@@ -136,6 +167,31 @@ def _run_uvicorn(settings: Settings) -> int:
 
         uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
     return 0
+
+
+def _metrics_directory() -> Path:
+    """Return a fresh metrics folder named by this process id, removing those of dead services.
+
+    A service stopped by a signal cannot clean up after itself, so the next start does it.
+    """
+    parent = Path(tempfile.gettempdir()) / "gatekeep-metrics"
+    parent.mkdir(exist_ok=True)
+    for child in parent.iterdir():
+        if child.name.isdigit() and not _process_alive(int(child.name)):
+            shutil.rmtree(child, ignore_errors=True)
+    directory = parent / str(os.getpid())
+    directory.mkdir(exist_ok=True)
+    return directory
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def run_grant(args: argparse.Namespace) -> int:

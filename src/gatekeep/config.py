@@ -38,8 +38,10 @@ class Settings:
     token_keys_file: str | None = None
     grant_secret: str | None = None
     admin_api_keys: tuple[str, ...] = ()
+    origin_api_keys: tuple[str, ...] = ()  # bearer keys for token consume and introspect
     log_level: str = "INFO"
     metrics_port: int | None = 9100
+    metrics_host: str | None = None  # None: the same address as the service
     events_file: str | None = None
     release_tick_ms: int = 100
     release_max_batch: int = 2000
@@ -47,6 +49,19 @@ class Settings:
     max_body_bytes: int = 8192
     token_issuer: str = "gatekeep"  # noqa: S105 - the `iss` claim, not a secret
     token_leeway_s: int = 5
+    stream_tick_ms: int = 1000
+    stream_heartbeat_s: float = 15.0
+    stream_max_connections: int = 20_000
+    page_template_dir: str | None = None
+    webhook_secret: str | None = None
+    webhook_timeout_s: float = 5.0
+    webhook_max_attempts: int = 8
+    webhook_backoff_s: float = 1.0
+    webhook_backoff_max_s: float = 60.0
+    webhook_queue_size: int = 10_000
+    # ("kind.dimension", "N/period" or "off") pairs over ratelimit.DEFAULT_RATE_LIMITS.
+    rate_limits: tuple[tuple[str, str], ...] = ()
+    trusted_proxies: tuple[str, ...] = ()  # addresses or CIDR networks of trusted proxies
     events: tuple[EventConfig, ...] = field(default=())
 
     @property
@@ -76,8 +91,12 @@ def load_settings(
     values["token_keys_file"] = text("token_keys_file")
     values["grant_secret"] = text("grant_secret")
     values["admin_api_keys"] = _admin_keys(text("admin_api_keys"))
+    values["origin_api_keys"] = _origin_keys(text("origin_api_keys"))
+    values["rate_limits"] = _rate_limits(text("rate_limits"))
+    values["trusted_proxies"] = _trusted_proxies(text("trusted_proxies"))
     values["log_level"] = _log_level(text("log_level"))
     values["metrics_port"] = _metrics_port(text("metrics_port"))
+    values["metrics_host"] = text("metrics_host")
     values["events_file"] = text("events_file")
     values["release_tick_ms"] = _int(
         text("release_tick_ms"), "GATEKEEP_RELEASE_TICK_MS", Settings.release_tick_ms, 10, 5000
@@ -100,6 +119,58 @@ def load_settings(
         text("token_leeway_s"), "GATEKEEP_TOKEN_LEEWAY_S", Settings.token_leeway_s, 0, 300
     )
 
+    values["webhook_secret"] = text("webhook_secret")
+    values["webhook_timeout_s"] = _float(
+        text("webhook_timeout_s"), "GATEKEEP_WEBHOOK_TIMEOUT_S", Settings.webhook_timeout_s, 0.1, 60
+    )
+    values["webhook_max_attempts"] = _int(
+        text("webhook_max_attempts"),
+        "GATEKEEP_WEBHOOK_MAX_ATTEMPTS",
+        Settings.webhook_max_attempts,
+        1,
+        20,
+    )
+    values["webhook_backoff_s"] = _float(
+        text("webhook_backoff_s"),
+        "GATEKEEP_WEBHOOK_BACKOFF_S",
+        Settings.webhook_backoff_s,
+        0.01,
+        60,
+    )
+    values["webhook_backoff_max_s"] = _float(
+        text("webhook_backoff_max_s"),
+        "GATEKEEP_WEBHOOK_BACKOFF_MAX_S",
+        Settings.webhook_backoff_max_s,
+        0.01,
+        3600,
+    )
+    values["webhook_queue_size"] = _int(
+        text("webhook_queue_size"),
+        "GATEKEEP_WEBHOOK_QUEUE_SIZE",
+        Settings.webhook_queue_size,
+        1,
+        1_000_000,
+    )
+
+    values["stream_tick_ms"] = _int(
+        text("stream_tick_ms"), "GATEKEEP_STREAM_TICK_MS", Settings.stream_tick_ms, 50, 10_000
+    )
+    values["stream_heartbeat_s"] = _float(
+        text("stream_heartbeat_s"),
+        "GATEKEEP_STREAM_HEARTBEAT_S",
+        Settings.stream_heartbeat_s,
+        1,
+        120,
+    )
+    values["stream_max_connections"] = _int(
+        text("stream_max_connections"),
+        "GATEKEEP_STREAM_MAX_CONNECTIONS",
+        Settings.stream_max_connections,
+        0,
+        1_000_000,
+    )
+    values["page_template_dir"] = _template_dir(text("page_template_dir"))
+
     for name, value in (overrides or {}).items():
         if value is not None:
             values[name] = value
@@ -112,7 +183,9 @@ def load_settings(
 
 
 def _check_combination(settings: Settings) -> None:
-    _check_host(settings.host)
+    _check_host(settings.host, "--host/GATEKEEP_HOST")
+    if settings.metrics_host is not None:
+        _check_host(settings.metrics_host, "GATEKEEP_METRICS_HOST")
     if settings.metrics_port is not None and settings.metrics_port == settings.port:
         raise ConfigError(
             f"GATEKEEP_METRICS_PORT={settings.metrics_port} is the same as the service port; "
@@ -129,6 +202,7 @@ def _check_combination(settings: Settings) -> None:
             f"GATEKEEP_GRANT_SECRET is {len(settings.grant_secret.encode())} bytes; use at least "
             f"{MIN_SECRET_BYTES} random bytes"
         )
+    _check_webhook_settings(settings)
     if settings.embedded:
         if settings.workers > 1:
             raise ConfigError(
@@ -148,6 +222,28 @@ def _check_combination(settings: Settings) -> None:
             "a key. Set GATEKEEP_ADMIN_API_KEYS to one or more comma-separated keys of at least "
             "16 characters"
         )
+
+
+def _check_webhook_settings(settings: Settings) -> None:
+    secret = settings.webhook_secret
+    if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"GATEKEEP_WEBHOOK_SECRET is {len(secret.encode())} bytes; use at least "
+            f"{MIN_SECRET_BYTES} random bytes"
+        )
+    if settings.webhook_backoff_max_s < settings.webhook_backoff_s:
+        raise ConfigError(
+            f"GATEKEEP_WEBHOOK_BACKOFF_MAX_S={settings.webhook_backoff_max_s} is below "
+            f"GATEKEEP_WEBHOOK_BACKOFF_S={settings.webhook_backoff_s}; raise the maximum"
+        )
+    if secret is None:
+        for event in settings.events:
+            if event.webhooks:
+                raise ConfigError(
+                    f"event {event.event_id!r} of GATEKEEP_EVENTS_FILE has webhooks but "
+                    "GATEKEEP_WEBHOOK_SECRET is missing; set it (at least 32 random bytes) so "
+                    "receivers can verify the payloads"
+                )
 
 
 def load_events_file(path: str) -> tuple[EventConfig, ...]:
@@ -179,7 +275,7 @@ def load_events_file(path: str) -> tuple[EventConfig, ...]:
             events.append(EventConfig.from_dict(table))
         except InvalidInput as error:
             raise ConfigError(
-                f"GATEKEEP_EVENTS_FILE={path!r}, events[{index}].{error.field}: {error.message}"
+                f"GATEKEEP_EVENTS_FILE={path!r}, events[{index}].{error.field}: {error.detail}"
             ) from error
 
     ids = [event.event_id for event in events]
@@ -226,15 +322,14 @@ def _metrics_port(value: str | None) -> int | None:
     return _port(value, "GATEKEEP_METRICS_PORT", 9100)
 
 
-def _check_host(host: str) -> None:
+def _check_host(host: str, name: str) -> None:
     if host == "localhost":
         return
     try:
         ipaddress.ip_address(host)
     except ValueError:
         raise ConfigError(
-            f"--host/GATEKEEP_HOST={host!r} is not an IP address; use for example 127.0.0.1, "
-            "0.0.0.0 or ::1"
+            f"{name}={host!r} is not an IP address; use for example 127.0.0.1, 0.0.0.0 or ::1"
         ) from None
 
 
@@ -263,6 +358,30 @@ def _admin_keys(value: str | None) -> tuple[str, ...]:
     return keys
 
 
+def _template_dir(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not Path(value).is_dir():
+        raise ConfigError(
+            f"GATEKEEP_PAGE_TEMPLATE_DIR={value!r} is not a directory; give the folder that "
+            "holds your wait.html, wait.css or strings.<lang>.json"
+        )
+    return value
+
+
+def _origin_keys(value: str | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    keys = tuple(key.strip() for key in value.split(",") if key.strip())
+    for key in keys:
+        if len(key) < 16:
+            raise ConfigError(
+                f"GATEKEEP_ORIGIN_API_KEYS has a key of {len(key)} characters; use keys of at "
+                "least 16 random characters, separated by commas"
+            )
+    return keys
+
+
 def _log_level(value: str | None) -> str:
     if value is None:
         return "INFO"
@@ -272,3 +391,30 @@ def _log_level(value: str | None) -> str:
             f"GATEKEEP_LOG_LEVEL={value!r} is not a level; use one of {', '.join(LOG_LEVELS)}"
         )
     return level
+
+
+def _rate_limits(value: str | None) -> tuple[tuple[str, str], ...]:
+    from gatekeep.ratelimit import parse_rate_limit_setting
+
+    if value is None:
+        return ()
+    try:
+        return parse_rate_limit_setting(value)
+    except InvalidInput as error:
+        raise ConfigError(
+            f"GATEKEEP_RATE_LIMITS={value[:80]!r}: {error.message}; use for example "
+            "'join.ip=300/minute,status.device=off'"
+        ) from None
+
+
+def _trusted_proxies(value: str | None) -> tuple[str, ...]:
+    from gatekeep.ratelimit import parse_trusted_proxies
+
+    try:
+        networks = parse_trusted_proxies(value)
+    except InvalidInput as error:
+        raise ConfigError(
+            f"{error.message}; set GATEKEEP_TRUSTED_PROXIES to comma-separated addresses or "
+            "CIDR networks such as 10.0.0.0/8"
+        ) from None
+    return tuple(str(network) for network in networks)

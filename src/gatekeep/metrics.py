@@ -7,10 +7,12 @@ before the workers start, and the metrics endpoint merges every worker's samples
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from prometheus_client import (
     CollectorRegistry,
@@ -20,6 +22,8 @@ from prometheus_client import (
     multiprocess,
     start_http_server,
 )
+
+logger = logging.getLogger(__name__)
 
 JOINS = Counter("gatekeep_joins_total", "Join requests by outcome.", ["event_id", "outcome"])
 ADMISSIONS = Counter(
@@ -64,6 +68,63 @@ STORE_DURATION = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
 STORE_ERRORS = Counter("gatekeep_store_errors_total", "Store calls that failed.", ["operation"])
+RATE_LIMITED = Counter(
+    "gatekeep_rate_limited_requests_total",
+    "Requests rejected with 429 by a rate limit, by route kind and limited dimension.",
+    ["kind", "dimension"],
+)
+WAIT_TIME = Histogram(
+    "gatekeep_wait_seconds",
+    "Time from join to admission of admitted users.",
+    ["event_id"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+)
+WAITING_BY_BUCKET = Gauge(
+    "gatekeep_waiting_users_by_bucket",
+    "Users waiting in each priority bucket, read from the store.",
+    ["event_id", "bucket"],
+    multiprocess_mode="mostrecent",
+)
+RELEASE_RATE = Gauge(
+    "gatekeep_release_rate_per_second",
+    "Configured release rate (users admitted per second).",
+    ["event_id"],
+    multiprocess_mode="mostrecent",
+)
+ADMIN_ACTIONS = Counter(
+    "gatekeep_admin_actions_total", "Admin API actions that changed state.", ["action"]
+)
+TOKENS_ISSUED = Counter(
+    "gatekeep_tokens_issued_total",
+    "Admission tokens recorded in the store, once per token.",
+    ["event_id"],
+)
+TOKENS_VERIFIED = Counter(
+    "gatekeep_tokens_verified_total",
+    "Tokens found active by consume or introspect.",
+    ["operation"],
+)
+TOKENS_REJECTED = Counter(
+    "gatekeep_tokens_rejected_total",
+    "Tokens found inactive by consume or introspect, by reason.",
+    ["operation", "reason"],
+)
+TOKENS_REVOKED = Counter(
+    "gatekeep_tokens_revoked_total",
+    "Token records revoked by an admin, by the scope of the request (jti, device, event).",
+    ["scope"],
+)
+WEBHOOK_DELIVERIES = Counter(
+    "gatekeep_webhook_deliveries_total",
+    "Webhook messages by final outcome: delivered, failed (attempts used up or rejected), "
+    "dropped (queue full or shutdown) or skipped (no GATEKEEP_WEBHOOK_SECRET).",
+    ["event_id", "kind", "outcome"],
+)
+WEBHOOK_RETRIES = Counter(
+    "gatekeep_webhook_retries_total",
+    "Webhook delivery attempts that failed and were scheduled again.",
+    ["event_id", "kind"],
+)
 
 
 @contextmanager
@@ -77,6 +138,21 @@ def store_timer(operation: str) -> Iterator[None]:
         raise
     finally:
         STORE_DURATION.labels(operation).observe(time.perf_counter() - started)
+
+
+def prepare_multiprocess_directory(path: str) -> None:
+    """Create the multiprocess directory, or empty it of a previous run's sample files.
+
+    Files left by an earlier run would be merged into this run's counters, so they go before
+    any worker starts.
+    """
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    stale = list(directory.glob("*.db"))
+    for sample_file in stale:
+        sample_file.unlink()
+    if stale:
+        logger.info("metrics.stale_files_removed directory=%s count=%s", path, len(stale))
 
 
 def serve_metrics(host: str, port: int) -> None:

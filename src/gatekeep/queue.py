@@ -6,6 +6,7 @@ and turns store snapshots into what a client sees (position, ETA, poll interval,
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import re
@@ -17,7 +18,6 @@ import jwt
 
 from gatekeep.errors import EntryEnded, EventNotFound, InvalidInput
 from gatekeep.model import (
-    ID_PATTERN,
     EntrySnapshot,
     EntryStatus,
     EventSnapshot,
@@ -25,6 +25,7 @@ from gatekeep.model import (
     check_id,
     short_queue_id,
 )
+from gatekeep.priority import CODE_PATTERN, PRIORITY_CODE_MESSAGES, code_id_of, hash_code
 from gatekeep.store.base import Store
 
 if TYPE_CHECKING:
@@ -66,6 +67,9 @@ class EntryView:
     poll_after_ms: int | None
     token: str | None
     created: bool = False
+    # Seconds until the event opens while it is scheduled; the pre-queue has no position yet,
+    # because the opening draws its order.
+    opens_in_s: float | None = None
 
 
 def estimate_wait_s(position: int, event: EventSnapshot) -> float | None:
@@ -112,6 +116,24 @@ def poll_interval_ms(
     return max(100, int(min(jittered_ms, ceiling_ms)))
 
 
+def seconds_until_opening(event: EventSnapshot) -> float | None:
+    """Return seconds until `opens_at` on the store clock, or None once it has passed."""
+    opens_at_ms = event.config.opens_at_ms
+    if opens_at_ms is None or event.now_ms >= opens_at_ms:
+        return None
+    return (opens_at_ms - event.now_ms) / 1000
+
+
+def scheduled_poll_ms(opens_in_s: float, heartbeat_timeout_s: float) -> int:
+    """Return a jittered poll interval for a pre-queue entry: no later than the opening.
+
+    Like `poll_interval_ms`, it stays below a third of the heartbeat timeout.
+    """
+    base_ms = min(POLL_MAX_MS, max(POLL_MIN_MS, opens_in_s * 1000))
+    jittered_ms = base_ms * random.uniform(1 - POLL_JITTER, 1)
+    return max(100, int(min(jittered_ms, heartbeat_timeout_s * 1000 / 3)))
+
+
 class QueueService:
     """Client-facing queue operations for every event in one store."""
 
@@ -126,6 +148,8 @@ class QueueService:
         device_id: str,
         user_id: str | None,
         priority_grant: str | None,
+        *,
+        priority_code: str | None = None,
     ) -> EntryView:
         event_id = check_id("event_id", event_id)
         device_id = check_id("device_id", device_id)
@@ -138,6 +162,14 @@ class QueueService:
         bucket = config.default_bucket
         if priority_grant is not None:
             bucket = self._bucket_from_grant(priority_grant, event_id, device_id, config.buckets)
+        code_id: str | None = None
+        code_hash: str | None = None
+        if priority_code is not None:
+            if priority_grant is not None:
+                raise InvalidInput(
+                    "priority_code", "send priority_code or priority_grant, not both"
+                )
+            bucket, code_id, code_hash = await self._bucket_from_code(event_id, priority_code)
 
         request = JoinRequest(
             queue_id=new_queue_id(event_id),
@@ -147,6 +179,8 @@ class QueueService:
             bucket=bucket,
             token_id=secrets.token_urlsafe(16),
             nonce=secrets.token_urlsafe(12),
+            priority_code_id=code_id,
+            priority_code_hash=code_hash,
         )
         result = await self.store.join(request)
 
@@ -160,7 +194,7 @@ class QueueService:
             result.snapshot.position,
         )
         view = self._view(result.snapshot)
-        return EntryView(view.snapshot, view.eta_s, view.poll_after_ms, view.token, result.created)
+        return dataclasses.replace(view, created=result.created)
 
     async def status(self, queue_id: str) -> EntryView:
         """Return the entry and count the call as a heartbeat; an expired entry raises 410."""
@@ -170,8 +204,12 @@ class QueueService:
         return self._view(snapshot)
 
     async def heartbeat(self, queue_id: str) -> EntryView:
-        """Keep a live entry alive; an entry that left or expired raises 410."""
-        snapshot = await self.store.touch(event_id_of(queue_id), queue_id)
+        """Keep a live entry alive and renew an admitted session (up to `max_session_s`).
+
+        A renewed session has a later `session_expires_at_ms`, so the view carries a new token
+        with the later `exp`. An entry that left or expired raises 410.
+        """
+        snapshot = await self.store.touch(event_id_of(queue_id), queue_id, renew_session=True)
         if snapshot.entry.status in (EntryStatus.EXPIRED, EntryStatus.LEFT):
             raise EntryEnded(snapshot.entry.status)
         return self._view(snapshot)
@@ -201,7 +239,33 @@ class QueueService:
         poll_ms = poll_interval_ms(
             snapshot.position, entry.status, snapshot.event.config.heartbeat_timeout_s
         )
-        return EntryView(snapshot=snapshot, eta_s=eta_s, poll_after_ms=poll_ms, token=token)
+        opens_in_s = seconds_until_opening(snapshot.event)
+        if opens_in_s is not None and entry.status == EntryStatus.WAITING:
+            # A pre-queue position would only be join order, which the opening discards.
+            snapshot = dataclasses.replace(snapshot, position=None)
+            eta_s = None
+            poll_ms = scheduled_poll_ms(opens_in_s, snapshot.event.config.heartbeat_timeout_s)
+        return EntryView(
+            snapshot=snapshot,
+            eta_s=eta_s,
+            poll_after_ms=poll_ms,
+            token=token,
+            opens_in_s=opens_in_s,
+        )
+
+    async def _bucket_from_code(self, event_id: str, code: str) -> tuple[str, str, str]:
+        """Return (bucket, code_id, code hash) of a redeemable priority code.
+
+        The store checks the code again, and counts its use, in the atomic join itself.
+        """
+        if not CODE_PATTERN.fullmatch(code):
+            raise InvalidInput("priority_code", PRIORITY_CODE_MESSAGES["priority_code_invalid"])
+        code_id = code_id_of(code)
+        code_hash = hash_code(code)
+        stored = await self.store.get_priority_code(event_id, code_id)
+        if stored is None or stored.code_hash != code_hash:
+            raise InvalidInput("priority_code", PRIORITY_CODE_MESSAGES["priority_code_invalid"])
+        return stored.bucket, code_id, code_hash
 
     def _bucket_from_grant(
         self, grant: str, event_id: str, device_id: str, buckets: tuple[str, ...]
@@ -240,7 +304,3 @@ class QueueService:
                 f"the grant names bucket {str(bucket)[:40]!r}, which this event does not have",
             )
         return bucket
-
-
-def is_valid_id(value: str) -> bool:
-    return ID_PATTERN.fullmatch(value) is not None

@@ -16,18 +16,21 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gatekeep import metrics
-from gatekeep.api import admin, public
+from gatekeep import metrics, openapi
+from gatekeep.api import admin, page, public, release_admin, stream, tokens
 from gatekeep.api.http import JSONResponse, error_response
 from gatekeep.api.state import Services, services
 from gatekeep.config import Settings, load_settings
 from gatekeep.errors import GatekeepError, StoreUnavailable
 from gatekeep.logs import configure_logging, request_id_var
-from gatekeep.queue import QueueService
+from gatekeep.ratelimit import RateLimiter, RequestLimiter, rate_limit_headers
 from gatekeep.release import ReleaseLoop
 from gatekeep.store.base import Store
 from gatekeep.store.memory import MemoryStore
 from gatekeep.tokens import Keyring, TokenSigner
+from gatekeep.tokens.service import RecordingQueueService, TokenService
+from gatekeep.tracing import enable_tracing
+from gatekeep.webhooks import WebhookDispatcher
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +74,7 @@ class RequestContext:
                 status_code = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
+                headers.extend(rate_limit_headers(scope, headers))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -108,6 +112,9 @@ class RequestContext:
 
     def _route_template(self, scope: Scope) -> str:
         """Return the matched route's path template, never the raw path (it may hold a queue id)."""
+        matched = scope.get("route")  # set by Starlette's router on the shared scope
+        if isinstance(matched, Route):
+            return str(matched.path)
         for route in self.routes:
             match, _ = route.matches(scope)
             if match == Match.FULL:
@@ -163,6 +170,18 @@ def build_store(settings: Settings) -> Store:
     return RedisStore.from_url(settings.redis_url, call_timeout_s=settings.store_timeout_s)
 
 
+def build_webhooks(store: Store, settings: Settings) -> WebhookDispatcher:
+    return WebhookDispatcher(
+        store,
+        settings.webhook_secret,
+        timeout_s=settings.webhook_timeout_s,
+        max_attempts=settings.webhook_max_attempts,
+        backoff_s=settings.webhook_backoff_s,
+        backoff_max_s=settings.webhook_backoff_max_s,
+        max_pending=settings.webhook_queue_size,
+    )
+
+
 def build_keyring(settings: Settings) -> Keyring:
     if settings.token_secret is None and settings.token_keys_file is None:
         logger.warning(
@@ -177,14 +196,30 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
     """Build the app; the store connects and the release loop starts in the lifespan."""
     store = store or build_store(settings)
     signer = TokenSigner(build_keyring(settings), issuer=settings.token_issuer)
-    queue = QueueService(store, signer, settings.grant_secret)
-    release_loop = ReleaseLoop(store, settings.release_tick_ms, settings.release_max_batch)
+    token_service = TokenService(store, signer, leeway_s=settings.token_leeway_s)
+    queue = RecordingQueueService(store, signer, settings.grant_secret, token_service)
+    webhooks = build_webhooks(store, settings)
+    release_loop = ReleaseLoop(
+        store,
+        settings.release_tick_ms,
+        settings.release_max_batch,
+        webhooks=webhooks,
+        configured_events=settings.events,
+    )
+    stream_hub = stream.StreamHub(
+        store,
+        queue,
+        tick_ms=settings.stream_tick_ms,
+        max_streams=settings.stream_max_connections,
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await _connect(store)
         await _create_configured_events(store, settings)
+        webhooks.start()
         release_loop.start()
+        stream_hub.start()
         logger.info(
             "service.start store=%s host=%s port=%s events=%s",
             store.name,
@@ -195,15 +230,22 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         try:
             yield
         finally:
+            await stream_hub.stop()
             await release_loop.stop()
+            await webhooks.stop()
             await store.close()
             logger.info("service.stop")
 
     routes = [
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
+        *openapi.routes,
         *public.routes,
         *admin.routes,
+        *release_admin.routes,
+        *stream.routes,
+        *page.routes,
+        *tokens.routes,
     ]
     app = Starlette(
         routes=routes,
@@ -215,7 +257,16 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
     )
     app.state.services = Services(settings=settings, store=store, queue=queue)
     app.state.release_loop = release_loop
+    app.state.rate_limiter = RequestLimiter(
+        RateLimiter(store.rate_limit_storage(), settings.rate_limits),
+        settings.trusted_proxies,
+        store,
+    )
+    app.state.tokens = token_service
+    app.state.webhooks = webhooks
+    app.state.stream_hub = stream_hub
     app.add_middleware(RequestContext, routes=routes)
+    enable_tracing(app)
     return app
 
 

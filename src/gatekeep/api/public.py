@@ -10,11 +10,22 @@ from starlette.routing import Route
 from gatekeep import metrics
 from gatekeep.api.http import JSONResponse, optional_string, read_json_object, reject_unknown_fields
 from gatekeep.api.state import services
-from gatekeep.errors import EventDisabled, GatekeepError, InvalidInput, QueueFull
-from gatekeep.model import EventSnapshot
-from gatekeep.queue import EntryView
+from gatekeep.errors import (
+    EventClosed,
+    EventDisabled,
+    EventNotFound,
+    GatekeepError,
+    InvalidInput,
+    JoinsRejected,
+    QueueFull,
+    SoldOut,
+)
+from gatekeep.fairness import ALGORITHM
+from gatekeep.model import EventSnapshot, ReleasePhase, ReleaseState, check_id, format_utc_ms
+from gatekeep.queue import EntryView, event_id_of, seconds_until_opening
+from gatekeep.ratelimit import request_limiter
 
-JOIN_FIELDS = frozenset({"device_id", "user_id", "priority_grant"})
+JOIN_FIELDS = frozenset({"device_id", "user_id", "priority_grant", "priority_code"})
 
 
 def entry_body(view: EntryView) -> dict[str, Any]:
@@ -32,20 +43,42 @@ def entry_body(view: EntryView) -> dict[str, Any]:
         "joined_at_ms": entry.joined_at_ms,
         "admitted_at_ms": entry.admitted_at_ms,
         "session_expires_at_ms": entry.session_expires_at_ms,
+        "ticket_id": entry.ticket_id,
+        "opens_in_s": None if view.opens_in_s is None else round(view.opens_in_s, 1),
     }
 
 
-def event_body(snapshot: EventSnapshot) -> dict[str, Any]:
-    """Render the public state of an event: no queue ids, no totals beyond counts."""
+def event_body(snapshot: EventSnapshot, release: ReleaseState | None = None) -> dict[str, Any]:
+    """Render the public state of an event: no queue ids, no totals beyond counts.
+
+    With the release controller's `release` state, `state` is also `scheduled`, `sold_out`
+    or `closed` (after `closes_at`), and the schedule and stock are shown.
+    """
     config = snapshot.config
-    if not config.enabled:
+    phase = release.phase if release is not None else ReleasePhase.OPEN
+    if not config.enabled or phase == ReleasePhase.CLOSED:
         state = "closed"
+    elif phase == ReleasePhase.SOLD_OUT:
+        state = "sold_out"
+    elif phase == ReleasePhase.SCHEDULED:
+        state = "scheduled"
     elif config.paused:
         state = "paused"
     else:
         state = "open"
     observed = snapshot.observed_rate_per_s
+    controller: dict[str, Any] = {}
+    if release is not None:
+        opens_in_s = seconds_until_opening(snapshot)
+        controller = {
+            "mode": config.mode.value,
+            "opens_at": format_utc_ms(config.opens_at_ms),
+            "closes_at": format_utc_ms(config.closes_at_ms),
+            "opens_in_s": None if opens_in_s is None else round(opens_in_s, 1),
+            "stock_remaining": release.stock_remaining,
+        }
     return {
+        **controller,
         "event_id": config.event_id,
         "state": state,
         "waiting": snapshot.waiting_count,
@@ -65,34 +98,61 @@ async def join(request: Request) -> JSONResponse:
         reject_unknown_fields(document, JOIN_FIELDS)
         if "device_id" not in document:
             raise InvalidInput("device_id", "missing; send a stable id for this device")
+        limit_headers = await request_limiter(request).check(
+            request,
+            "join",
+            event_id=check_id("event_id", event_id),
+            device=_string_or_none(document["device_id"]),
+            user=_string_or_none(document.get("user_id")),
+        )
         view = await app.queue.join(
             event_id,
             document["device_id"],
             optional_string(document, "user_id"),
             optional_string(document, "priority_grant"),
+            priority_code=optional_string(document, "priority_code"),
         )
     except GatekeepError as error:
-        # Only a full queue or a closed event proves the event exists; any other failure is
-        # counted without the id, so unknown ids cannot grow the label set.
-        label = event_id if isinstance(error, QueueFull | EventDisabled) else ""
+        # Only these errors prove that the event exists. Any other failure is counted without
+        # the id, so unknown ids cannot grow the label set.
+        known_event = QueueFull | EventDisabled | EventClosed | SoldOut | JoinsRejected
+        label = event_id if isinstance(error, known_event) else ""
         metrics.JOINS.labels(label, error.code).inc()
         raise
 
     metrics.JOINS.labels(event_id, "created" if view.created else "existing").inc()
-    return JSONResponse(entry_body(view), status_code=201 if view.created else 200)
+    return JSONResponse(
+        entry_body(view), status_code=201 if view.created else 200, headers=limit_headers
+    )
 
 
 async def status(request: Request) -> JSONResponse:
+    limit_headers = await _limit_entry_call(request, "status")
     view = await services(request).queue.status(request.path_params["queue_id"])
-    return JSONResponse(entry_body(view))
+    return JSONResponse(entry_body(view), headers=limit_headers)
 
 
 async def heartbeat(request: Request) -> JSONResponse:
     app = services(request)
     document = await read_json_object(request, app.settings.max_body_bytes, allow_empty=True)
     reject_unknown_fields(document, frozenset())
+    limit_headers = await _limit_entry_call(request, "heartbeat")
     view = await app.queue.heartbeat(request.path_params["queue_id"])
-    return JSONResponse(entry_body(view))
+    return JSONResponse(entry_body(view), headers=limit_headers)
+
+
+async def _limit_entry_call(request: Request, kind: str) -> dict[str, str]:
+    """Rate-limit a status or heartbeat call by client IP and by queue entry (one per device)."""
+    queue_id = request.path_params["queue_id"]
+    try:
+        event_id = event_id_of(queue_id)
+    except InvalidInput:
+        event_id = ""  # the call fails with 400 after the per-IP limit
+    return await request_limiter(request).check(request, kind, event_id=event_id, device=queue_id)
+
+
+def _string_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 async def leave(request: Request) -> JSONResponse:
@@ -103,12 +163,36 @@ async def leave(request: Request) -> JSONResponse:
 
 async def event_state(request: Request) -> JSONResponse:
     snapshot = await services(request).queue.event_state(request.path_params["event_id"])
-    return JSONResponse(event_body(snapshot))
+    release = await services(request).store.release_state(snapshot.config.event_id)
+    return JSONResponse(event_body(snapshot, release))
+
+
+async def fairness(request: Request) -> JSONResponse:
+    """Return the fairness commitment before opening, and the revealed seed and order after."""
+    event_id = check_id("event_id", request.path_params["event_id"])
+    release = await services(request).store.release_state(event_id, with_publication=True)
+    config = await services(request).store.get_event(event_id)
+    if config is None:
+        raise EventNotFound(event_id)
+    if release.publication is not None:
+        return JSONResponse({**release.publication, "state": release.phase.value})
+    return JSONResponse(
+        {
+            "algorithm": ALGORITHM,
+            "event_id": event_id,
+            "state": release.phase.value,
+            "opens_at": format_utc_ms(config.opens_at_ms),
+            "commitment": release.commitment,
+            "seed": None,
+            "tickets": None,
+        }
+    )
 
 
 routes = [
     Route("/v1/events/{event_id}/join", join, methods=["POST"]),
     Route("/v1/events/{event_id}", event_state, methods=["GET"]),
+    Route("/v1/events/{event_id}/fairness", fairness, methods=["GET"]),
     Route("/v1/queue/{queue_id}", status, methods=["GET"]),
     Route("/v1/queue/{queue_id}", leave, methods=["DELETE"]),
     Route("/v1/queue/{queue_id}/heartbeat", heartbeat, methods=["POST"]),

@@ -8,8 +8,8 @@ import math
 # (410) instead of a bare 404.
 ENTRY_RETENTION_S = 3600
 
-# Expired entries purged per store call. Bounds the work of one atomic step; the release loop
-# calls every event several times a second, so a larger backlog drains within a few ticks.
+# Expired entries purged per store call, which bounds the work of one atomic step. The release
+# loop calls every event several times a second, so a larger backlog drains within a few ticks.
 PURGE_BATCH = 1000
 
 # Sequence numbers inside a bucket stay below this, so `bucket_rank * SEQ_SPAN + seq` is an
@@ -36,3 +36,14 @@ def release_burst(release_rate: float) -> float:
 def retry_after_for_full_queue(release_rate: float) -> int:
     """Return seconds a rejected joiner should wait: about one release interval, 1 to 60 s."""
     return max(1, min(60, math.ceil(1.0 / release_rate)))
+
+# A Redis list of failed webhook messages expires this long after its newest record, so an
+# event whose failures stopped does not keep them forever.
+WEBHOOK_FAILURE_RETENTION_S = 7 * 86_400
+
+
+# The admission log, the fairness publication and the controller state of an event are kept
+# this long after their last write (Redis key TTL). They are evidence for disputes and
+# chargebacks after a sale, which commonly surface within weeks, so they outlive the queue
+# keys by far. Export the log before this runs out to keep it longer.
+AUDIT_RETENTION_S = 30 * 86_400

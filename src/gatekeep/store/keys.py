@@ -54,3 +54,50 @@ def event_keys(event_id: str) -> EventKeys:
         devices=prefix + "devices",
         retired=prefix + "retired",
     )
+
+
+def wait_samples_key(event_id: str) -> str:
+    """Return the LIST of recent waits (ms, newest first) of one event, in its hash slot."""
+    return f"gk:{{{event_id}}}:waits"
+
+
+def priority_codes_key(event_id: str) -> str:
+    """Return the HASH of one event's priority codes (code_id -> code JSON), in its hash slot."""
+    return f"gk:{{{event_id}}}:priority_codes"
+
+
+def event_key_pattern(event_id: str) -> str:
+    """Return the SCAN pattern matching every key of one event; ids hold no glob characters."""
+    return f"gk:{{{event_id}}}:*"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenKeys:
+    """The admission-token keys of one event; token scripts receive them after the event keys."""
+
+    tokens: str  # HASH jti -> token record JSON
+    token_expiry: str  # ZSET jti -> ms at which the record is dropped
+
+    def as_list(self) -> list[str]:
+        return [self.tokens, self.token_expiry]
+
+
+def token_keys(event_id: str) -> TokenKeys:
+    """Build the admission-token keys of one event, in the slot of `event_id`."""
+    prefix = f"gk:{{{event_id}}}:"
+    return TokenKeys(tokens=prefix + "tokens", token_expiry=prefix + "token_expiry")
+
+
+def webhook_failures_key(event_id: str) -> str:
+    """Return the LIST of one event's failed webhook messages (JSON, newest first)."""
+    return f"gk:{{{event_id}}}:webhook_failures"
+
+
+def control_keys(event_id: str) -> list[str]:
+    """Return the release controller's keys of one event, which control.lua finds by suffix.
+
+    `control` (HASH: phase, fairness seed, stock, log head), `admissions` (LIST: the
+    hash-chained admission log) and `fairness` (STRING: the publication made at opening).
+    """
+    prefix = f"gk:{{{event_id}}}:"
+    return [prefix + "control", prefix + "admissions", prefix + "fairness"]

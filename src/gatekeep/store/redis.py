@@ -13,12 +13,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import secrets
 from collections.abc import Sequence
+from dataclasses import replace
 from importlib import resources
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import orjson
+from limits.aio.storage import RedisStorage, Storage
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
@@ -30,11 +33,24 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gatekeep.errors import (
     EntryNotFound,
+    EventClosed,
     EventDisabled,
     EventNotFound,
     InvalidInput,
+    JoinsRejected,
+    NoStock,
+    PriorityCodeNotFound,
     QueueFull,
+    SoldOut,
     StoreUnavailable,
+)
+from gatekeep.fairness import (
+    PreQueueEntry,
+    build_publication,
+    fair_order,
+    new_seed,
+    prequeue_scores,
+    stored_ticket_id,
 )
 from gatekeep.model import (
     Entry,
@@ -44,19 +60,38 @@ from gatekeep.model import (
     EventSnapshot,
     JoinRequest,
     JoinResult,
+    ReleasePhase,
     ReleaseResult,
+    ReleaseState,
+    WatchedEntry,
+    WatchResult,
+    WebhookFailure,
 )
+from gatekeep.priority import PRIORITY_CODE_MESSAGES, PriorityCode
+from gatekeep.stats import WAIT_SAMPLES_MAX, EventStats
 from gatekeep.store.base import Store
 from gatekeep.store.constants import (
+    AUDIT_RETENTION_S,
     ENTRY_RETENTION_S,
     OBSERVED_RATE_MIN_WINDOW_S,
     OBSERVED_RATE_TAU_S,
     PURGE_BATCH,
     RELEASE_BURST_S,
     SEQ_SPAN,
+    WEBHOOK_FAILURE_RETENTION_S,
     retry_after_for_full_queue,
 )
-from gatekeep.store.keys import EVENTS_KEY, event_keys
+from gatekeep.store.keys import (
+    EVENTS_KEY,
+    control_keys,
+    event_key_pattern,
+    event_keys,
+    priority_codes_key,
+    token_keys,
+    wait_samples_key,
+    webhook_failures_key,
+)
+from gatekeep.tokens.records import RevokeResult, TokenLookup, TokenRecord, TokenState
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +104,36 @@ SCRIPT_NAMES = (
     "create_event",
     "set_paused",
     "event_snapshot",
+    "watch",
+    "prequeue",
+    "open_event",
+    "stock",
+    "control_state",
+    "record_webhook_failure",
+)
+
+# Admission-token scripts: each gets token_common.lua after common.lua, and the event's token
+# keys after its event keys.
+TOKEN_SCRIPT_NAMES = ("token_record", "token_lookup", "token_consume", "token_revoke")
+
+# Operations scripts (admin API, wait samples, priority codes): the eight event keys, then
+# the extra keys each one names in its header.
+OPS_SCRIPT_NAMES = (
+    "delete_event",
+    "reset_event",
+    "record_waits",
+    "event_stats",
+    "inspect_entry",
+    "put_priority_codes",
+    "disable_priority_code",
+    "join_with_code",
 )
 
 SENTINEL_SCHEME = "redis+sentinel"
+
+# Release steps one call may run while it opens an event: the freeze, then the step after the
+# opening. A third covers an opening that another process completed in between.
+_OPENING_ATTEMPTS = 3
 
 # Connection errors are retried once inside redis-py, which covers a pooled connection that a
 # Redis restart closed. Timeouts are not retried, so a slow call fails after `call_timeout_s`.
@@ -92,6 +154,7 @@ def _lua_constants() -> str:
             f"local RELEASE_BURST_S = {float(RELEASE_BURST_S)!r}",
             f"local OBSERVED_RATE_TAU_S = {float(OBSERVED_RATE_TAU_S)!r}",
             f"local OBSERVED_RATE_MIN_WINDOW_S = {float(OBSERVED_RATE_MIN_WINDOW_S)!r}",
+            f"local AUDIT_RETENTION_MS = {round(AUDIT_RETENTION_S * 1000)}",
             "",
         ]
     )
@@ -101,8 +164,33 @@ def script_source(name: str) -> str:
     """Return the full Lua source of one operation: constants, the shared prelude, the body."""
     lua_dir = resources.files("gatekeep.store").joinpath("lua")
     prelude = lua_dir.joinpath("common.lua").read_text(encoding="utf-8")
+    control = lua_dir.joinpath("control.lua").read_text(encoding="utf-8")
     body = lua_dir.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-    return f"{_lua_constants()}\n{prelude}\n{body}"
+    return f"{_lua_constants()}\n{prelude}\n{control}\n{body}"
+
+
+def token_script_source(name: str) -> str:
+    """Return the full Lua source of one token operation: script_source plus token_common.lua."""
+    lua_dir = resources.files("gatekeep.store").joinpath("lua")
+    helpers = lua_dir.joinpath("token_common.lua").read_text(encoding="utf-8")
+    body = lua_dir.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    prelude = script_source(name).removesuffix(body)
+    return f"{prelude}\n{helpers}\n{body}"
+
+
+def ops_script_source(name: str) -> str:
+    """Return the full Lua source of one operations script.
+
+    join_with_code gets join.lua's body as the local function `run_join`, so a join with a
+    priority code runs exactly the plain join's steps.
+    """
+    if name != "join_with_code":
+        return script_source(name)
+    lua_dir = resources.files("gatekeep.store").joinpath("lua")
+    join_body = lua_dir.joinpath("join.lua").read_text(encoding="utf-8")
+    body = lua_dir.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    prelude = script_source(name).removesuffix(body)
+    return f"{prelude}\nlocal function run_join()\n{join_body}\nend\n\n{body}"
 
 
 class RedisStore(Store):
@@ -120,6 +208,12 @@ class RedisStore(Store):
         self._scripts: dict[str, AsyncScript] = {
             name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
         }
+        self._scripts.update(
+            (name, client.register_script(token_script_source(name))) for name in TOKEN_SCRIPT_NAMES
+        )
+        self._scripts.update(
+            (name, client.register_script(ops_script_source(name))) for name in OPS_SCRIPT_NAMES
+        )
 
     @classmethod
     def from_url(
@@ -276,8 +370,20 @@ class RedisStore(Store):
             request.bucket,
             request.token_id,
             request.nonce,
+            request.ticket_id,
+            *new_seed(),
         ]
-        reply = await self._run("join", request.event_id, args)
+        controls = control_keys(request.event_id)
+        if request.priority_code_id is None:
+            reply = await self._run_ops("join", request.event_id, args, controls)
+        else:
+            args += [request.priority_code_id, request.priority_code_hash or ""]
+            codes_key = priority_codes_key(request.event_id)
+            reply = await self._run_ops(
+                "join_with_code", request.event_id, args, [codes_key, *controls]
+            )
+            if reply[0] in PRIORITY_CODE_MESSAGES:
+                raise InvalidInput("priority_code", PRIORITY_CODE_MESSAGES[reply[0]])
         if reply[0] == "unknown_bucket":
             raise InvalidInput(
                 "bucket",
@@ -288,8 +394,11 @@ class RedisStore(Store):
         snapshot = _entry_snapshot(request.event_id, reply[2], reply[3])
         return JoinResult(snapshot=snapshot, created=reply[1] == 1)
 
-    async def touch(self, event_id: str, queue_id: str) -> EntrySnapshot:
-        reply = await self._run("touch", event_id, [queue_id])
+    async def touch(
+        self, event_id: str, queue_id: str, *, renew_session: bool = False
+    ) -> EntrySnapshot:
+        args = [queue_id, _flag(renew_session)]
+        reply = await self._run_ops("touch", event_id, args, control_keys(event_id))
         _raise_for_status(reply, event_id)
         return _entry_snapshot(event_id, reply[1], reply[2])
 
@@ -298,18 +407,339 @@ class RedisStore(Store):
         _raise_for_status(reply, event_id)
         return _entry_snapshot(event_id, reply[1], reply[2])
 
+    async def watch(self, event_id: str, queue_ids: list[str]) -> WatchResult:
+        reply = await self._run("watch", event_id, queue_ids)
+        _raise_for_status(reply, event_id)
+        event = _event_snapshot(reply[1])
+        watched = [
+            _watched_entry(event_id, queue_id, item)
+            for queue_id, item in zip(queue_ids, reply[2:], strict=True)
+        ]
+        return WatchResult(event=event, entries=watched)
+
     # Release
 
     async def release(self, event_id: str, max_batch: int) -> ReleaseResult:
-        reply = await self._run("release", event_id, [max_batch])
-        _raise_for_status(reply, event_id)
+        return await self._release_step(event_id, max_batch, None)
+
+    async def release_now(self, event_id: str, count: int) -> ReleaseResult:
+        return await self._release_step(event_id, count, count)
+
+    async def _release_step(
+        self, event_id: str, max_batch: int, manual_count: int | None
+    ) -> ReleaseResult:
+        """Run release.lua; when it reports a frozen pre-queue, order it and run it again.
+
+        The opening takes three scripts (release freezes, prequeue reads, open_event applies),
+        and each is idempotent, so a process killed between them leaves a freeze that the next
+        step of any process completes.
+        """
+        expired_waiting = 0
+        expired_sessions = 0
+        transitions: list[str] = []
+        for _ in range(_OPENING_ATTEMPTS):
+            args = [
+                max_batch,
+                "" if manual_count is None else manual_count,
+                secrets.token_hex(16),
+                *new_seed(),
+            ]
+            reply = await self._run_ops("release", event_id, args, control_keys(event_id))
+            if reply[0] != "opening":
+                _raise_for_status(reply, event_id)
+            expired_waiting += int(reply[1])
+            expired_sessions += int(reply[2])
+            if reply[0] == "ok":
+                return ReleaseResult(
+                    admitted_queue_ids=list(reply[4:]),
+                    expired_waiting=expired_waiting,
+                    expired_sessions=expired_sessions,
+                    transitions=transitions + [str(name) for name in reply[3]],
+                )
+            if await self._open(event_id):
+                transitions.append("opened")
+
+        # Another process keeps re-freezing between our steps; the next tick tries again.
         return ReleaseResult(
-            admitted_queue_ids=list(reply[3:]),
-            expired_waiting=int(reply[1]),
-            expired_sessions=int(reply[2]),
+            expired_waiting=expired_waiting,
+            expired_sessions=expired_sessions,
+            transitions=transitions,
+        )
+
+    async def _open(self, event_id: str) -> bool:
+        """Order the frozen pre-queue by the fairness seed and open the event.
+
+        Returns True when this call opened it, False when another process did first.
+        """
+        controls = control_keys(event_id)
+        reply = await self._run_ops("prequeue", event_id, [], controls)
+        if reply[0] == "not_opening":
+            return False
+        _raise_for_status(reply, event_id)
+        open_seq, frozen_at_ms, seed_hex = str(reply[1]), int(reply[2]), str(reply[3])
+        items = reply[5:]
+        entries = [
+            PreQueueEntry(ticket_id=items[i + 1], bucket_rank=int(items[i + 2]), queue_id=items[i])
+            for i in range(0, len(items), 3)
+        ]
+        config = await self.get_event(event_id)
+        if config is None:
+            raise EventNotFound(event_id)
+
+        ordered = fair_order(seed_hex, entries)
+        publication = build_publication(
+            event_id=event_id,
+            seed_hex=seed_hex,
+            frozen_at_ms=frozen_at_ms,
+            buckets=config.buckets,
+            ordered=ordered,
+        )
+        args: list[str | int] = [open_seq, orjson.dumps(publication).decode()]
+        for entry, score in zip(ordered, prequeue_scores(ordered), strict=True):
+            args += [score, entry.queue_id]
+        reply = await self._run_ops("open_event", event_id, args, controls)
+        _raise_for_status(reply, event_id)
+        opened = bool(reply[1] == 1)
+        if opened:
+            logger.info(
+                "release.opened event_id=%s prequeue=%s commitment=%s",
+                event_id,
+                len(ordered),
+                publication["commitment"],
+            )
+        return opened
+
+    # Release controller
+
+    async def adjust_stock(
+        self, event_id: str, *, decrement: int | None = None, remaining: int | None = None
+    ) -> int:
+        if decrement is not None:
+            args: list[str | int] = ["decrement", decrement]
+        else:
+            args = ["set", remaining if remaining is not None else 0]
+        reply = await self._run_ops("stock", event_id, args, control_keys(event_id))
+        if reply[0] == "no_stock":
+            raise NoStock(event_id)
+        _raise_for_status(reply, event_id)
+        return int(reply[1])
+
+    async def release_state(
+        self, event_id: str, *, with_publication: bool = False
+    ) -> ReleaseState:
+        args = [*new_seed(), _flag(with_publication)]
+        reply = await self._run_ops("control_state", event_id, args, control_keys(event_id))
+        _raise_for_status(reply, event_id)
+        _, now_ms, phase, opened_at_ms, stock_left, log_length, commitment, publication = reply
+        return ReleaseState(
+            event_id=event_id,
+            now_ms=int(now_ms),
+            phase=ReleasePhase(phase),
+            opened_at_ms=int(opened_at_ms) if opened_at_ms else None,
+            stock_remaining=int(stock_left) if stock_left != "" else None,
+            admission_log_length=int(log_length),
+            commitment=commitment or None,
+            publication=orjson.loads(publication) if publication else None,
+        )
+
+    async def admission_log(self, event_id: str, start: int, count: int) -> list[str]:
+        admissions_key = control_keys(event_id)[1]
+        try:
+            records = await self._client.lrange(admissions_key, start, start + count - 1)
+        except RedisError as error:
+            raise _unavailable("admission_log", error) from error
+        return [str(record) for record in records]
+
+    # Admission-token records
+
+    async def record_token(
+        self, event_id: str, queue_id: str, jti: str, expires_at_ms: int
+    ) -> tuple[TokenRecord, bool] | None:
+        reply = await self._run_token("token_record", event_id, [queue_id, jti, expires_at_ms])
+        if reply[0] == "not_admitted":
+            return None
+        _raise_for_status(reply, event_id)
+        return _token_record(event_id, jti, reply[2]), reply[1] == 1
+
+    async def lookup_token(
+        self, event_id: str, jti: str, *, device_id: str | None = None, leeway_ms: int = 0
+    ) -> TokenLookup:
+        args: list[str | int] = [jti, device_id or "", leeway_ms]
+        reply = await self._run_token("token_lookup", event_id, args)
+        return _token_lookup(event_id, jti, reply)
+
+    async def consume_token(
+        self, event_id: str, jti: str, *, device_id: str | None = None, leeway_ms: int = 0
+    ) -> TokenLookup:
+        args: list[str | int] = [jti, device_id or "", leeway_ms]
+        reply = await self._run_token("token_consume", event_id, args)
+        return _token_lookup(event_id, jti, reply)
+
+    async def revoke_tokens(
+        self, event_id: str, *, jti: str | None = None, device_id: str | None = None
+    ) -> RevokeResult:
+        if jti is not None:
+            args = ["jti", jti]
+        elif device_id is not None:
+            args = ["device", device_id]
+        else:
+            args = ["event", ""]
+        reply = await self._run_token("token_revoke", event_id, args)
+        _raise_for_status(reply, event_id)
+        return RevokeResult(revoked_tokens=int(reply[1]), ended_sessions=int(reply[2]))
+
+    async def _run_token(
+        self, script_name: str, event_id: str, args: Sequence[str | int]
+    ) -> list[Any]:
+        """Run one token script on the event's keys followed by its token keys."""
+        return await self._run_ops(script_name, event_id, args, token_keys(event_id).as_list())
+
+    # Webhooks
+
+    async def record_webhook_failure(self, failure: WebhookFailure, keep: int) -> WebhookFailure:
+        record = failure.to_dict()
+        del record["failed_at_ms"]
+        args: list[str | int] = [
+            keep,
+            WEBHOOK_FAILURE_RETENTION_S * 1000,
+            orjson.dumps(record).decode(),
+        ]
+        keys = [*event_keys(failure.event_id).as_list(), webhook_failures_key(failure.event_id)]
+        script = self._scripts["record_webhook_failure"]
+        try:
+            reply = await script(keys=keys, args=args)
+        except RedisError as error:
+            raise _unavailable("record_webhook_failure", error) from error
+        return replace(failure, failed_at_ms=int(reply[1]))
+
+    async def webhook_failures(self, event_id: str) -> list[WebhookFailure]:
+        try:
+            records = await self._client.lrange(webhook_failures_key(event_id), 0, -1)
+        except RedisError as error:
+            raise _unavailable("webhook_failures", error) from error
+        return [WebhookFailure(**orjson.loads(record)) for record in records]
+
+    # Operations (admin API)
+
+    async def delete_event(self, event_id: str) -> tuple[int, int]:
+        extra_keys = [wait_samples_key(event_id), priority_codes_key(event_id)]
+        reply = await self._run_ops("delete_event", event_id, [], extra_keys)
+        _raise_for_status(reply, event_id)
+
+        # Without its config the event is invisible to every script, so nothing recreates its
+        # keys while the index entry and the keys of other features are removed.
+        try:
+            await self._client.srem(EVENTS_KEY, event_id)
+            leftovers = [key async for key in self._client.scan_iter(event_key_pattern(event_id))]
+            if leftovers:
+                await self._client.unlink(*leftovers)
+        except RedisError as error:
+            raise _unavailable("delete_event", error) from error
+        return int(reply[1]), int(reply[2])
+
+    async def reset_event(self, event_id: str) -> tuple[int, int]:
+        reply = await self._run_ops("reset_event", event_id, [], [wait_samples_key(event_id)])
+        _raise_for_status(reply, event_id)
+        return int(reply[1]), int(reply[2])
+
+    async def record_waits(self, event_id: str, queue_ids: list[str]) -> list[int]:
+        args: list[str | int] = [WAIT_SAMPLES_MAX, *queue_ids]
+        reply = await self._run_ops("record_waits", event_id, args, [wait_samples_key(event_id)])
+        _raise_for_status(reply, event_id)
+        return [int(wait_ms) for wait_ms in reply[1:]]
+
+    async def event_stats(self, event_id: str) -> EventStats:
+        reply = await self._run_ops("event_stats", event_id, [], [wait_samples_key(event_id)])
+        _raise_for_status(reply, event_id)
+        snapshot = _event_snapshot(reply[1])
+        counts = [int(count) for count in reply[2]]
+        return EventStats(
+            snapshot=snapshot,
+            waiting_by_bucket=dict(zip(snapshot.config.buckets, counts, strict=True)),
+            wait_samples_ms=[int(wait_ms) for wait_ms in reply[3]],
+        )
+
+    async def inspect_entry(self, event_id: str, queue_id: str) -> EntrySnapshot:
+        reply = await self._run_ops("inspect_entry", event_id, [queue_id], [])
+        if reply[0] == "event_not_found":
+            raise EntryNotFound()
+        _raise_for_status(reply, event_id)
+        return _entry_snapshot(event_id, reply[1], reply[2])
+
+    async def put_priority_codes(self, event_id: str, codes: list[PriorityCode]) -> None:
+        args: list[str | int] = []
+        for code in codes:
+            args += [code.code_id, orjson.dumps(code.to_stored()).decode()]
+        reply = await self._run_ops(
+            "put_priority_codes", event_id, args, [priority_codes_key(event_id)]
+        )
+        if reply[0] == "unknown_bucket":
+            raise InvalidInput("bucket", f"event {event_id!r} has no bucket {reply[1]!r}")
+        _raise_for_status(reply, event_id)
+
+    async def list_priority_codes(self, event_id: str) -> list[PriorityCode]:
+        try:
+            pipeline = self._client.pipeline(transaction=True)
+            pipeline.exists(event_keys(event_id).config)
+            pipeline.hgetall(priority_codes_key(event_id))
+            exists, stored = await pipeline.execute()
+        except RedisError as error:
+            raise _unavailable("list_priority_codes", error) from error
+        if not exists:
+            raise EventNotFound(event_id)
+        codes = [
+            PriorityCode.from_stored(str(code_id), orjson.loads(text))
+            for code_id, text in stored.items()
+        ]
+        return sorted(codes, key=lambda code: (code.created_at_ms, code.code_id))
+
+    async def get_priority_code(self, event_id: str, code_id: str) -> PriorityCode | None:
+        try:
+            text = await self._client.hget(priority_codes_key(event_id), code_id)
+        except RedisError as error:
+            raise _unavailable("get_priority_code", error) from error
+        return None if text is None else PriorityCode.from_stored(code_id, orjson.loads(text))
+
+    async def disable_priority_code(self, event_id: str, code_id: str) -> PriorityCode:
+        reply = await self._run_ops(
+            "disable_priority_code", event_id, [code_id], [priority_codes_key(event_id)]
+        )
+        if reply[0] == "code_not_found":
+            raise PriorityCodeNotFound(code_id)
+        _raise_for_status(reply, event_id)
+        return PriorityCode.from_stored(code_id, orjson.loads(reply[1]))
+
+    def rate_limit_storage(self) -> Storage:
+        """Return `limits`' Redis storage on this store's own connection pool (no second pool)."""
+        # `limits` types its extra options as scalars, but passes them to redis-py unchanged.
+        options: dict[str, Any] = {"connection_pool": self._client.connection_pool}
+        return RedisStorage(
+            "async+redis://",
+            implementation="redispy",
+            key_prefix="gk:ratelimit",
+            wrap_exceptions=True,
+            **options,
         )
 
     # Helpers
+
+    async def _run_ops(
+        self,
+        script_name: str,
+        event_id: str,
+        args: Sequence[str | int],
+        extra_keys: Sequence[str],
+    ) -> list[Any]:
+        """Run one operations script on the event's keys followed by `extra_keys`."""
+        script = self._scripts[script_name]
+        keys = event_keys(event_id).as_list() + list(extra_keys)
+        try:
+            reply = await script(keys=keys, args=args)
+        except RedisError as error:
+            raise _unavailable(script_name, error) from error
+        if not isinstance(reply, list) or not reply:
+            raise TypeError(f"script {script_name} returned {reply!r}; expected a status list")
+        return reply
 
     async def _run(self, script_name: str, event_id: str, args: Sequence[str | int]) -> list[Any]:
         """Run one operation script on the event's keys and return its reply list."""
@@ -356,6 +786,12 @@ def _raise_for_status(reply: list[Any], event_id: str) -> None:
         raise EventNotFound(event_id)
     if status == "event_disabled":
         raise EventDisabled(event_id)
+    if status == "event_closed":
+        raise EventClosed(event_id)
+    if status == "sold_out":
+        raise SoldOut(event_id)
+    if status == "joins_rejected":
+        raise JoinsRejected(event_id)
     if status == "queue_full":
         raise QueueFull(event_id, retry_after_for_full_queue(float(reply[1])))
     if status == "entry_not_found":
@@ -395,6 +831,17 @@ def _config_pairs(config: EventConfig) -> list[str]:
         orjson.dumps(list(config.buckets)).decode(),
         "paused",
         _flag(config.paused),
+        # Release-controller fields; '' stands for None.
+        "opens_at_ms",
+        _optional_text(config.opens_at_ms),
+        "closes_at_ms",
+        _optional_text(config.closes_at_ms),
+        "mode",
+        str(config.mode),
+        "stock",
+        _optional_text(config.stock),
+        "max_session_s",
+        "" if config.max_session_s is None else repr(float(config.max_session_s)),
         "document",
         orjson.dumps(config.to_dict()).decode(),
     ]
@@ -470,12 +917,67 @@ def _entry_snapshot(
         admitted_at_ms=_optional_int(head.get("a")),
         session_expires_at_ms=_optional_int(head.get("x")),
         ended_at_ms=_optional_int(head.get("e")),
+        ticket_id=fixed.get("k") or stored_ticket_id(queue_id),
     )
     return EntrySnapshot(
         entry=entry,
         position=None if position is None else int(position),
         event=_event_snapshot(snapshot_reply),
     )
+
+
+def _watched_entry(event_id: str, queue_id: str, item: object) -> WatchedEntry:
+    """Decode one item of watch.lua's reply: a position, an entry JSON text, or nil."""
+    if item is None:
+        return WatchedEntry(queue_id=queue_id, status=None)
+    if isinstance(item, int):
+        return WatchedEntry(queue_id=queue_id, status=EntryStatus.WAITING, position=item)
+
+    assert isinstance(item, str)
+    head = orjson.loads(item)
+    fixed = head["f"]
+    entry = Entry(
+        queue_id=queue_id,
+        event_id=event_id,
+        device_id=fixed["d"],
+        user_id=fixed.get("u"),
+        bucket=fixed["b"],
+        status=EntryStatus(head["s"]),
+        joined_at_ms=int(fixed["j"]),
+        last_heartbeat_ms=int(head["h"]),
+        token_id=fixed["t"],
+        nonce=fixed["n"],
+        admitted_at_ms=_optional_int(head.get("a")),
+        session_expires_at_ms=_optional_int(head.get("x")),
+        ended_at_ms=_optional_int(head.get("e")),
+    )
+    return WatchedEntry(queue_id=queue_id, status=entry.status, entry=entry)
+
+
+def _token_record(event_id: str, jti: str, raw: str) -> TokenRecord:
+    """Decode a record of token_common.lua: {"q","d","x","i"[,"c"][,"r"]}."""
+    fields = orjson.loads(raw)
+    return TokenRecord(
+        jti=jti,
+        event_id=event_id,
+        queue_id=fields["q"],
+        device_id=fields["d"],
+        expires_at_ms=int(fields["x"]),
+        issued_at_ms=int(fields["i"]),
+        consumed_at_ms=_optional_int(fields.get("c")),
+        revoked_at_ms=_optional_int(fields.get("r")),
+    )
+
+
+def _token_lookup(event_id: str, jti: str, reply: list[Any]) -> TokenLookup:
+    """Decode token_common.lua's token_reply: {'ok', state, record JSON or nil, now_ms}."""
+    _, state, raw, now_ms = reply
+    record = None if raw is None else _token_record(event_id, jti, raw)
+    return TokenLookup(state=TokenState(state), record=record, now_ms=int(now_ms))
+
+
+def _optional_text(value: int | None) -> str:
+    return "" if value is None else str(value)
 
 
 def _optional_int(value: object) -> int | None:

@@ -205,12 +205,12 @@ end
 
 -- Return the status word of an entry's JSON text.
 local function entry_status(raw)
-  return string.match(raw, '^{"s":"(%a+)"')
+  return string.match(raw, '^{"s":"([%a_]+)"')
 end
 
 -- Return the heartbeat ms written in an entry's head, as digits.
 local function entry_heartbeat_text(raw)
-  return string.match(raw, '^{"s":"%a+","h":(%d+)')
+  return string.match(raw, '^{"s":"[%a_]+","h":(%d+)')
 end
 
 -- Return the position of ',"f":' in an entry's JSON text. The head contains only a status
