@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -260,7 +261,36 @@ def all_service_logs() -> list[Path]:
     return sorted(LOG_DIRECTORY.glob("service-*.log"))
 
 
+# A compact JWS (header.payload.signature) whose header and payload are JSON objects.
+JWT_PATTERN = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}")
+
+
+def leaks_in_service_logs() -> list[str]:
+    """Return one line per service log of this run that holds a test secret or any JWT."""
+    leaks = []
+    for path in all_service_logs():
+        text = path.read_text(errors="replace")
+        for secret in (TOKEN_SECRET, ADMIN_KEY, GRANT_SECRET):
+            if secret in text:
+                leaks.append(f"{path.name}: contains the secret starting {secret[:6]}")
+        if JWT_PATTERN.search(text):
+            leaks.append(f"{path.name}: contains a token")
+    return leaks
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Remove the service logs after a passing run; keep them to debug a failing one."""
+    """Fail the run when any service log of the whole run leaks a secret or a token.
+
+    Then remove the logs after a passing run, and keep them to debug a failing one.
+    """
+    leaks = leaks_in_service_logs()
+    if leaks:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("service logs leak secrets or tokens:", red=True)
+            for leak in leaks:
+                reporter.write_line(f"  {leak}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        return
     if exitstatus == 0:
         shutil.rmtree(LOG_DIRECTORY, ignore_errors=True)
