@@ -191,7 +191,7 @@ def start_service(
     extra_env: dict[str, str] | None = None,
     wait_ready: bool = True,
 ) -> Service:
-    """Start `gatekeep serve` as a real process and wait until /health answers."""
+    """Start `gatekeep serve` as a real process and wait until /health responds."""
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("GATEKEEP_")}
     env.update(
@@ -266,7 +266,7 @@ JWT_PATTERN = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-
 
 
 def leaks_in_service_logs() -> list[str]:
-    """Return one line per service log of this run that holds a test secret or any JWT."""
+    """Return one line per service log of this run that contains a test secret or any JWT."""
     leaks = []
     for path in all_service_logs():
         text = path.read_text(errors="replace")

@@ -1,4 +1,4 @@
-"""The OpenAPI document lists every route and holds against a live service (schemathesis)."""
+"""The OpenAPI document lists every route and matches a live service (schemathesis)."""
 
 from __future__ import annotations
 

@@ -94,7 +94,7 @@ def run_serve(args: argparse.Namespace) -> int:
             "memory and is lost when it stops"
         )
     if not settings.admin_api_keys:
-        logger.warning("admin.disabled reason=no GATEKEEP_ADMIN_API_KEYS; admin calls answer 403")
+        logger.warning("admin.disabled reason=no GATEKEEP_ADMIN_API_KEYS; admin calls return 403")
     return _run_uvicorn(settings)
 
 

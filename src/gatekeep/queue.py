@@ -60,7 +60,7 @@ def event_id_of(queue_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class EntryView:
-    """What a client sees of its entry."""
+    """The client's view of its entry: snapshot, ETA, poll interval and token."""
 
     snapshot: EntrySnapshot
     eta_s: float | None

@@ -1,6 +1,6 @@
 """`gatekeep simulate`: concurrent simulated people driven through a running service over HTTP.
 
-Each simulated client joins, polls at the interval the service asks for (sending every other
+Each simulated client joins, polls at the interval the service requests (sending every other
 call as a heartbeat), waits until admitted, holds its session for a while and leaves. A chosen
 fraction abandons the queue without leaving, so their entries expire. The summary checks what
 an operator cares about: nobody admitted twice, the release rate held, and request latency.
@@ -155,7 +155,7 @@ def _token_id(token: str) -> str:
 async def count_expired(http: httpx.AsyncClient, tally: Tally, heartbeat_timeout_s: float) -> None:
     """Wait past the heartbeat timeout, then read each abandoned entry once.
 
-    An entry that was still waiting when its heartbeats stopped for the timeout answers 410.
+    An entry that was still waiting when its heartbeats stopped for the timeout returns 410.
     One that reached the front first was admitted and holds its session until the TTL.
     """
     if not tally.abandoned_queue_ids:
@@ -182,7 +182,7 @@ async def simulate(base_url: str, args: argparse.Namespace) -> Tally:
         event = await http.get(f"/v1/events/{args.event}")
         if event.status_code != 200:
             raise SystemExit(
-                f"gatekeep simulate: event {args.event!r} answered {event.status_code}"
+                f"gatekeep simulate: event {args.event!r} returned HTTP {event.status_code}"
             )
 
         clients = [SimulatedClient(http, args.event, tally, args) for _ in range(args.clients)]

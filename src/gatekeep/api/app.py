@@ -88,7 +88,7 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_tracked)
         except Exception:
-            # Answer with the error shape and the request id instead of a bare 500; the stack
+            # Respond with the error shape and the request id instead of a bare 500. The stack
             # goes to the log only.
             logger.exception("http.unhandled_error method=%s", scope["method"])
             if response_started:

@@ -224,7 +224,7 @@ local function append_log(cfg, ctl, now_ms, kind, tickets)
   local canonical = 'gatekeep-admission-v1\n' .. cfg.event_id .. '\n' .. int_str(n) .. '\n'
     .. int_str(now_ms) .. '\n' .. kind .. '\n' .. prev .. '\n' .. table.concat(tickets, ',')
   -- TODO: SHA-256 in Lua costs about 0.1 ms per 64 bytes, so a step admitting 1,000 users
-  -- holds Redis for tens of ms; hash the ticket list once outside Redis and chain only digests.
+  -- blocks Redis for an estimated tens of ms. Hash the ticket list outside Redis and chain digests.
   local hash = sha256_hex(canonical)
   local record = '{"n":' .. int_str(n) .. ',"event_id":' .. cjson.encode(cfg.event_id)
     .. ',"at_ms":' .. int_str(now_ms) .. ',"kind":"' .. kind .. '","tickets":["'

@@ -100,3 +100,21 @@ local function token_reply(state, record, now_ms)
   end
   return {'ok', state, encoded, now_ms}
 end
+
+-- Purge due entries and token records, then find the token's record (adopting one from the
+-- device's live entry when it has none). Returns cfg, st, now_ms, record, state; cfg is nil
+-- for an unknown event, and then the caller replies 'unknown'.
+local function read_token(jti, device_id, leeway_ms)
+  local now_ms = clock_ms()
+  local cfg = load_config()
+  if not cfg then
+    return nil, nil, now_ms, nil, 'unknown'
+  end
+
+  local st = load_state(now_ms)
+  purge(cfg, st, now_ms)
+  purge_tokens(now_ms)
+
+  local record = load_token(jti, now_ms) or adopt_token(jti, device_id, leeway_ms, now_ms)
+  return cfg, st, now_ms, record, token_state(jti, record)
+end

@@ -7,18 +7,10 @@ local jti = ARGV[1]
 local device_id = ARGV[2]
 local leeway_ms = tonumber(ARGV[3])
 
-local now_ms = clock_ms()
-local cfg = load_config()
+local cfg, st, now_ms, record, state = read_token(jti, device_id, leeway_ms)
 if not cfg then
-  return token_reply('unknown', nil, now_ms)
+  return token_reply(state, nil, now_ms)
 end
-
-local st = load_state(now_ms)
-purge(cfg, st, now_ms)
-purge_tokens(now_ms)
-
-local record = load_token(jti, now_ms) or adopt_token(jti, device_id, leeway_ms, now_ms)
-local state = token_state(jti, record)
 
 finish(cfg, st)
 return token_reply(state, record, now_ms)
