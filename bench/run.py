@@ -568,6 +568,8 @@ def evaluate_targets(
 
     for name in ("join", "status", "heartbeat"):
         runs = [row for row in open_rows if row.name == name]
+        if not runs:
+            continue  # no open-loop rounds were asked for
         p99s = [row.p99_ms if row.p99_ms is not None else float("inf") for row in runs]
         median_p99_ms = statistics.median(p99s)
         targets[f"half_load_p99_ms_{name}_median"] = median_p99_ms

@@ -19,7 +19,7 @@ from gatekeep.fairness import (
     verify_publication,
 )
 from gatekeep.store.constants import SEQ_SPAN
-from gatekeep.store.redis import script_source
+from gatekeep.store.scripts import assemble
 
 
 def publication_for(tickets: list[tuple[str, int]]) -> dict[str, object]:
@@ -106,10 +106,9 @@ def test_log_order_check_finds_jump() -> None:
 def test_lua_sha256_matches_hashlib(redis_url: str, length: int) -> None:
     message = bytes(range(256)) * (length // 256 + 1)
     message = message[:length]
-    prelude = script_source("event_snapshot").rsplit("-- event_snapshot", 1)[0]
     client = redis.Redis.from_url(redis_url)
     try:
-        digest = client.eval(prelude + "\nreturn sha256_hex(ARGV[1])", 0, message)
+        digest = client.eval(assemble("return sha256_hex(ARGV[1])"), 0, message)
     finally:
         client.close()
 

@@ -35,7 +35,7 @@ async def scripted_run(service: Service) -> tuple[list[str], list[str]]:
 
 
 async def test_log_lines_are_json_with_request_id(service: Service) -> None:
-    await scripted_run(service)
+    queue_ids, _ = await scripted_run(service)
     service.stop()
 
     records = [json.loads(line) for line in service.log_lines() if line.strip()]
@@ -44,7 +44,9 @@ async def test_log_lines_are_json_with_request_id(service: Service) -> None:
     assert access, "no access lines were logged"
     assert all(record["request_id"] for record in access)
     assert any(record["request_id"] == "trace-me-1" for record in access)
-    assert any("route=/v1/queue/{queue_id}" in record["message"] for record in access)
+    routes = {record["message"].split("route=")[1].split()[0] for record in access}
+    assert {"/v1/queue/{queue_id}", "/v1/queue/{queue_id}/heartbeat"} <= routes
+    assert not any(queue_id in route for route in routes for queue_id in queue_ids)
 
 
 async def test_logs_hold_no_secret_token_or_queue_id(service: Service) -> None:

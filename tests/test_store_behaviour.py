@@ -7,9 +7,10 @@ import secrets
 
 import pytest
 
-from gatekeep.errors import EntryNotFound, EventDisabled, EventNotFound, QueueFull
+from gatekeep.errors import EntryNotFound, EventDisabled, EventNotFound, QueueFull, RateLimited
 from gatekeep.model import EntryStatus, EventConfig, JoinRequest
 from gatekeep.queue import new_queue_id
+from gatekeep.ratewindow import WindowLimit
 from gatekeep.store.base import Store
 
 
@@ -454,3 +455,51 @@ async def test_idle_event_saves_no_burst(store: Store) -> None:
     first = await store.release("ev1", 1000)
 
     assert len(first.admitted_queue_ids) == 1
+
+
+# Rate limits counted inside status and heartbeat calls
+
+
+def window_limit(name: str, amount: int, identifier: str) -> WindowLimit:
+    return WindowLimit(name=name, amount=amount, window_ms=60_000, identifier=identifier)
+
+
+async def test_touch_counts_limits_all_or_none(store: Store) -> None:
+    await make_event(store)
+    first, second = await join_many(store, "ev1", 2)
+    ip_limit = window_limit("status.ip", 5, "ip-1")
+
+    counted = [
+        await store.touch("ev1", first, limits=[ip_limit, window_limit("status.device", 3, "a")])
+        for _ in range(3)
+    ]
+    with pytest.raises(RateLimited) as rejected:
+        await store.touch("ev1", first, limits=[ip_limit, window_limit("status.device", 3, "a")])
+    other_device = await store.touch(
+        "ev1", second, limits=[ip_limit, window_limit("status.device", 3, "b")]
+    )
+
+    remaining = [snapshot.limit.remaining for snapshot in counted if snapshot.limit]
+    assert remaining == [2, 1, 0]  # the device limit is the tightest
+    assert rejected.value.headers["RateLimit-Remaining"] == "0"
+    assert 1 <= int(rejected.value.headers["Retry-After"]) <= 60
+    # The rejected call did not count against the IP limit: 3 of 5 used before this call.
+    assert other_device.limit is not None
+    assert other_device.limit.name == "status.ip"
+    assert other_device.limit.remaining == 1
+
+
+async def test_touch_limits_are_per_event_key(store: Store) -> None:
+    await make_event(store)
+    await make_event(store, "ev2")
+    in_first = (await join_many(store, "ev1", 1))[0]
+    in_second = (await join_many(store, "ev2", 1))[0]
+    limit = window_limit("heartbeat.device", 1, "same-identifier")
+
+    await store.touch("ev1", in_first, limits=[limit], renew_session=True)
+    second = await store.touch("ev2", in_second, limits=[limit], renew_session=True)
+    with pytest.raises(RateLimited):
+        await store.touch("ev1", in_first, limits=[limit], renew_session=True)
+
+    assert second.limit is not None
+    assert second.limit.remaining == 0

@@ -223,6 +223,7 @@ class RateLimited(GatekeepError):
     code = "rate_limited"
 
     def __init__(self, name: str, headers: dict[str, str]) -> None:
+        self.limit_name = name
         super().__init__(
             f"too many requests ({name} limit); retry in {headers['Retry-After']} s",
             headers=headers,

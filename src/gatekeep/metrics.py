@@ -127,6 +127,21 @@ WEBHOOK_RETRIES = Counter(
 )
 
 
+# Labelled children of HTTP_DURATION by (method, route template, status). Label values are
+# bounded (see the module docstring), and a cached child skips `labels()` on every request.
+_http_duration_children: dict[tuple[str, str, int], Histogram] = {}
+
+
+def observe_http(method: str, route: str, status: int, duration_s: float) -> None:
+    """Record one HTTP request's duration under its method, route template and status."""
+    key = (method, route, status)
+    child = _http_duration_children.get(key)
+    if child is None:
+        child = HTTP_DURATION.labels(method, route, str(status))
+        _http_duration_children[key] = child
+    child.observe(duration_s)
+
+
 @contextmanager
 def store_timer(operation: str) -> Iterator[None]:
     """Time a store call; count it as an error when it raises."""

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from gatekeep.errors import InvalidInput
+from gatekeep.ratewindow import WindowOutcome
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 ID_RULE = "use 1 to 128 characters from A-Z, a-z, 0-9 and . _ : -"
@@ -282,9 +283,7 @@ def _webhooks(value: object) -> tuple[tuple[str, str], ...]:
     """Validate a table of webhook kind -> http(s) URL into pairs in WEBHOOK_KINDS order."""
     kinds = ", ".join(WEBHOOK_KINDS)
     if not isinstance(value, dict):
-        raise InvalidInput(
-            "webhooks", f"expected a table of kind -> URL, with kinds from {kinds}"
-        )
+        raise InvalidInput("webhooks", f"expected a table of kind -> URL, with kinds from {kinds}")
 
     for kind in value:
         if kind not in WEBHOOK_KINDS:
@@ -385,6 +384,8 @@ class EntrySnapshot:
     entry: Entry
     position: int | None
     event: EventSnapshot
+    # The tightest rate limit a status or heartbeat call was counted against, if any.
+    limit: WindowOutcome | None = None
 
 
 @dataclass(frozen=True, slots=True)

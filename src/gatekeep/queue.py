@@ -29,6 +29,9 @@ from gatekeep.priority import CODE_PATTERN, PRIORITY_CODE_MESSAGES, code_id_of, 
 from gatekeep.store.base import Store
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from gatekeep.ratewindow import WindowLimit
     from gatekeep.tokens import TokenSigner
 
 logger = logging.getLogger(__name__)
@@ -196,20 +199,26 @@ class QueueService:
         view = self._view(result.snapshot)
         return dataclasses.replace(view, created=result.created)
 
-    async def status(self, queue_id: str) -> EntryView:
-        """Return the entry and count the call as a heartbeat; an expired entry raises 410."""
-        snapshot = await self.store.touch(event_id_of(queue_id), queue_id)
+    async def status(self, queue_id: str, limits: Sequence[WindowLimit] = ()) -> EntryView:
+        """Return the entry and count the call as a heartbeat; an expired entry raises 410.
+
+        The store counts the call against `limits` first and raises RateLimited when one is
+        exhausted.
+        """
+        snapshot = await self.store.touch(event_id_of(queue_id), queue_id, limits=limits)
         if snapshot.entry.status == EntryStatus.EXPIRED:
             raise EntryEnded(EntryStatus.EXPIRED)
         return self._view(snapshot)
 
-    async def heartbeat(self, queue_id: str) -> EntryView:
+    async def heartbeat(self, queue_id: str, limits: Sequence[WindowLimit] = ()) -> EntryView:
         """Keep a live entry alive and renew an admitted session (up to `max_session_s`).
 
         A renewed session has a later `session_expires_at_ms`, so the view carries a new token
         with the later `exp`. An entry that left or expired raises 410.
         """
-        snapshot = await self.store.touch(event_id_of(queue_id), queue_id, renew_session=True)
+        snapshot = await self.store.touch(
+            event_id_of(queue_id), queue_id, renew_session=True, limits=limits
+        )
         if snapshot.entry.status in (EntryStatus.EXPIRED, EntryStatus.LEFT):
             raise EntryEnded(snapshot.entry.status)
         return self._view(snapshot)

@@ -1,8 +1,11 @@
 """Rate limits per device, client IP, user and admin key, for each kind of route.
 
-Counting uses the `limits` library's sliding-window-counter strategy on a storage that the
-store provides: `limits`' in-memory storage for the embedded store, and `limits`' Redis storage
-on the Redis store's own redis-py connection pool, so the limits hold across processes.
+Join and admin calls are counted with the `limits` library's sliding-window-counter strategy
+on a storage that the store provides: `limits`' in-memory storage for the embedded store, and
+`limits`' Redis storage on the Redis store's own redis-py connection pool, so the limits hold
+across processes. Status and heartbeat calls, the bulk of all traffic, are counted by the
+store inside the same atomic call that reads the entry, with the same algorithm
+(`gatekeep.ratewindow`), so they cost no extra round trip.
 
 A limit is named `KIND.DIMENSION`, such as `join.ip`, and written `N/PERIOD` (`60/minute`,
 `5/second`, `1000/hour`) or `off`. The service-wide table starts from `DEFAULT_RATE_LIMITS`,
@@ -13,6 +16,7 @@ event's join, status and heartbeat calls.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -28,6 +32,7 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 
 from gatekeep.errors import InvalidInput, RateLimited
+from gatekeep.ratewindow import WindowLimit, WindowOutcome, window_headers
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -185,6 +190,11 @@ def _is_trusted(
     return any(parsed in network for network in trusted)
 
 
+@functools.lru_cache(maxsize=256)
+def _parsed_limit(text: str) -> RateLimitItem:
+    return parse(text)
+
+
 def _identifier(value: str) -> str:
     """Return a short hash of an id, so queue ids (bearer secrets) never become store keys."""
     return hashlib.sha256(value.encode()).hexdigest()[:24]
@@ -233,7 +243,7 @@ class RateLimiter:
             limit = table.get(name, OFF)
             if value is None or limit == OFF:
                 continue
-            item = parse(limit)
+            item = _parsed_limit(limit)
             checks.append(_Check(name, item, _identifier(f"{scope_id}|{value}")))
         if not checks:
             return {}
@@ -306,9 +316,37 @@ class RequestLimiter:
         # event id -> (monotonic expiry s, the event's rate_limits); a missing event caches ().
         self._overrides: dict[str, tuple[float, tuple[tuple[str, str], ...]]] = {}
 
-    def client_ip(self, request: Request) -> str:
-        peer = request.client.host if request.client else None
-        return client_ip(peer, request.scope["headers"], self.trusted)
+    def client_ip(self, scope: Scope) -> str:
+        client = scope.get("client")
+        peer = client[0] if client else None
+        return client_ip(peer, scope["headers"], self.trusted)
+
+    async def entry_limits(
+        self, scope: Scope, kind: str, event_id: str, queue_id: str
+    ) -> list[WindowLimit]:
+        """Return the limits of a status or heartbeat call, which the store counts in the call.
+
+        The limits are the client IP's and the queue entry's (one entry per device). Event
+        overrides are read at most once per second per event.
+        """
+        overrides = await self._event_overrides(event_id)
+        table = {**self.limiter.table, **dict(overrides)} if overrides else self.limiter.table
+        limits = []
+        for dimension, value in (("ip", self.client_ip(scope)), ("device", queue_id)):
+            name = f"{kind}.{dimension}"
+            text = table.get(name, OFF)
+            if text == OFF:
+                continue
+            item = _parsed_limit(text)
+            window_ms = item.get_expiry() * 1000
+            identifier = _identifier(f"{event_id}|{value}")
+            limits.append(WindowLimit(name, item.amount, window_ms, identifier))
+        return limits
+
+    def remember(self, scope: Scope, outcome: WindowOutcome | None) -> None:
+        """Keep the `RateLimit-*` headers of an entry call's tightest limit for its response."""
+        if outcome is not None:
+            scope.setdefault("state", {})[SCOPE_STATE_KEY] = window_headers(outcome)
 
     async def check(
         self,
@@ -325,7 +363,8 @@ class RequestLimiter:
         Raises RateLimited. Event overrides are read at most once per second per event.
         """
         overrides = await self._event_overrides(event_id) if event_id else ()
-        identities = {"ip": self.client_ip(request), "device": device, "user": user, "key": key}
+        ip = self.client_ip(request.scope)
+        identities = {"ip": ip, "device": device, "user": user, "key": key}
         headers = await self.limiter.check(kind, identities, scope_id=event_id, overrides=overrides)
         if headers:
             request.scope.setdefault("state", {})[SCOPE_STATE_KEY] = headers

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,10 +18,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gatekeep import metrics, openapi
 from gatekeep.api import admin, page, public, release_admin, stream, tokens
-from gatekeep.api.http import JSONResponse, error_response
+from gatekeep.api.entry_routes import ENTRY_ROUTE_KEY, EntryRoutes
+from gatekeep.api.http import JSONResponse, error_response, log_store_outage
 from gatekeep.api.state import Services, services
 from gatekeep.config import Settings, load_settings
-from gatekeep.errors import GatekeepError, StoreUnavailable
+from gatekeep.errors import GatekeepError
 from gatekeep.logs import configure_logging, request_id_var
 from gatekeep.ratelimit import RateLimiter, RequestLimiter, rate_limit_headers
 from gatekeep.release import ReleaseLoop
@@ -62,15 +63,20 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.run(scope, receive, send, self.app)
 
+    async def run(self, scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
+        """Serve one HTTP request with `app` inside the request's context."""
         request_id = _request_id(scope)
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status_code = 500
+        response_started = False
 
         async def send_with_request_id(message: Message) -> None:
-            nonlocal status_code
+            nonlocal status_code, response_started
             if message["type"] == "http.response.start":
+                response_started = True
                 status_code = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
@@ -78,15 +84,8 @@ class RequestContext:
                 message = {**message, "headers": headers}
             await send(message)
 
-        response_started = False
-
-        async def send_tracked(message: Message) -> None:
-            nonlocal response_started
-            response_started = response_started or message["type"] == "http.response.start"
-            await send_with_request_id(message)
-
         try:
-            await self.app(scope, receive, send_tracked)
+            await app(scope, receive, send_with_request_id)
         except Exception:
             # Respond with the error shape and the request id instead of a bare 500. The stack
             # goes to the log only.
@@ -98,9 +97,7 @@ class RequestContext:
         finally:
             duration_s = time.perf_counter() - started
             route = self._route_template(scope)
-            metrics.HTTP_DURATION.labels(scope["method"], route, str(status_code)).observe(
-                duration_s
-            )
+            metrics.observe_http(scope["method"], route, status_code, duration_s)
             logger.info(
                 "http.request method=%s route=%s status=%s duration_ms=%.1f",
                 scope["method"],
@@ -112,14 +109,39 @@ class RequestContext:
 
     def _route_template(self, scope: Scope) -> str:
         """Return the matched route's path template, never the raw path (it may hold a queue id)."""
-        matched = scope.get("route")  # set by Starlette's router on the shared scope
+        matched = scope.get("route")  # set by Starlette's router
         if isinstance(matched, Route):
             return str(matched.path)
+        template = scope.get(ENTRY_ROUTE_KEY)
+        if template is not None:
+            return str(template)
         for route in self.routes:
             match, _ = route.matches(scope)
             if match == Match.FULL:
                 return str(route.path)
         return "unmatched"
+
+
+class GatekeepApp(Starlette):
+    """The Starlette app, whose status and heartbeat calls skip its router and middleware.
+
+    Those two calls are the bulk of all traffic, so `EntryRoutes` serves them as plain ASGI
+    inside the same request context (request id, access line, timing). Every other request,
+    and every request while a tracing middleware is installed, goes through Starlette.
+    """
+
+    entry_routes: EntryRoutes | None = None
+    entry_context: RequestContext | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.entry_routes is not None:
+            handler = self.entry_routes.match(scope)
+            if handler is not None:
+                assert self.entry_context is not None
+                scope["app"] = self
+                await self.entry_context.run(scope, receive, send, handler)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def _request_id(scope: Scope) -> str:
@@ -129,7 +151,8 @@ def _request_id(scope: Scope) -> str:
             if REQUEST_ID_PATTERN.fullmatch(candidate):
                 return candidate
             break
-    return uuid.uuid4().hex
+    # Request ids must be unique, not secret, so the fast generator is enough.
+    return f"{random.getrandbits(128):032x}"
 
 
 async def health(request: Request) -> JSONResponse:
@@ -143,10 +166,7 @@ async def ready(request: Request) -> JSONResponse:
 
 async def handle_gatekeep_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, GatekeepError)
-    if isinstance(error, StoreUnavailable):
-        logger.warning(
-            "store.unavailable operation=%s error=%s", error.operation, error.__cause__ or error
-        )
+    log_store_outage(error)
     return error_response(error)
 
 
@@ -192,7 +212,7 @@ def build_keyring(settings: Settings) -> Keyring:
     return Keyring.from_config(settings.token_secret, settings.token_keys_file)
 
 
-def create_app(settings: Settings, store: Store | None = None) -> Starlette:
+def create_app(settings: Settings, store: Store | None = None) -> GatekeepApp:
     """Build the app; the store connects and the release loop starts in the lifespan."""
     store = store or build_store(settings)
     signer = TokenSigner(build_keyring(settings), issuer=settings.token_issuer)
@@ -247,7 +267,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         *page.routes,
         *tokens.routes,
     ]
-    app = Starlette(
+    app = GatekeepApp(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={
@@ -266,7 +286,9 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
     app.state.webhooks = webhooks
     app.state.stream_hub = stream_hub
     app.add_middleware(RequestContext, routes=routes)
-    enable_tracing(app)
+    if not enable_tracing(app):
+        app.entry_routes = EntryRoutes(app.state.services, app.state.rate_limiter)
+        app.entry_context = RequestContext(app.router, routes)
     return app
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope
 
-from gatekeep.errors import BodyTooLarge, GatekeepError, InvalidInput
+from gatekeep.errors import BodyTooLarge, GatekeepError, InvalidInput, StoreUnavailable
 from gatekeep.logs import request_id_var
+
+logger = logging.getLogger(__name__)
 
 
 class JSONResponse(Response):
@@ -33,19 +37,46 @@ def error_response(error: GatekeepError) -> JSONResponse:
     return JSONResponse(body, status_code=error.status_code, headers=error.headers)
 
 
+def log_store_outage(error: GatekeepError) -> None:
+    """Log a store outage that a request ran into; other errors are the client's."""
+    if isinstance(error, StoreUnavailable):
+        logger.warning(
+            "store.unavailable operation=%s error=%s", error.operation, error.__cause__ or error
+        )
+
+
 async def read_json_object(
     request: Request, max_bytes: int, *, allow_empty: bool = False
 ) -> dict[str, Any]:
     """Read the body as one JSON object of at most `max_bytes`, or raise InvalidInput."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise BodyTooLarge("body", f"the body is {declared} bytes; send at most {max_bytes}")
+    return await receive_json_object(request.scope, request.receive, max_bytes, allow_empty)
+
+
+async def receive_json_object(
+    scope: Scope, receive: Receive, max_bytes: int, allow_empty: bool = False
+) -> dict[str, Any]:
+    """Receive an ASGI request body as one JSON object of at most `max_bytes`.
+
+    Raises BodyTooLarge, or InvalidInput naming the body and what to send instead.
+    """
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            declared = value.decode("latin-1")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise BodyTooLarge(
+                    "body", f"the body is {declared} bytes; send at most {max_bytes}"
+                )
 
     body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        body.extend(message.get("body", b""))
         if len(body) > max_bytes:
             raise BodyTooLarge("body", f"the body is over {max_bytes} bytes; send less")
+        if not message.get("more_body", False):
+            break
 
     if not body.strip():
         if allow_empty:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from starlette.requests import Request
 from starlette.routing import Route
+from starlette.types import Scope
 
 from gatekeep import metrics
 from gatekeep.api.http import JSONResponse, optional_string, read_json_object, reject_unknown_fields
@@ -18,12 +20,14 @@ from gatekeep.errors import (
     InvalidInput,
     JoinsRejected,
     QueueFull,
+    RateLimited,
     SoldOut,
 )
 from gatekeep.fairness import ALGORITHM
 from gatekeep.model import EventSnapshot, ReleasePhase, ReleaseState, check_id, format_utc_ms
 from gatekeep.queue import EntryView, event_id_of, seconds_until_opening
-from gatekeep.ratelimit import request_limiter
+from gatekeep.ratelimit import RequestLimiter, request_limiter
+from gatekeep.ratewindow import WindowLimit
 
 JOIN_FIELDS = frozenset({"device_id", "user_id", "priority_grant", "priority_code"})
 
@@ -127,28 +131,45 @@ async def join(request: Request) -> JSONResponse:
 
 
 async def status(request: Request) -> JSONResponse:
-    limit_headers = await _limit_entry_call(request, "status")
-    view = await services(request).queue.status(request.path_params["queue_id"])
-    return JSONResponse(entry_body(view), headers=limit_headers)
+    queue_id = request.path_params["queue_id"]
+    limiter = request_limiter(request)
+    view = await entry_call(
+        request.scope, limiter, "status", queue_id, services(request).queue.status
+    )
+    return JSONResponse(entry_body(view))
 
 
 async def heartbeat(request: Request) -> JSONResponse:
     app = services(request)
     document = await read_json_object(request, app.settings.max_body_bytes, allow_empty=True)
     reject_unknown_fields(document, frozenset())
-    limit_headers = await _limit_entry_call(request, "heartbeat")
-    view = await app.queue.heartbeat(request.path_params["queue_id"])
-    return JSONResponse(entry_body(view), headers=limit_headers)
-
-
-async def _limit_entry_call(request: Request, kind: str) -> dict[str, str]:
-    """Rate-limit a status or heartbeat call by client IP and by queue entry (one per device)."""
     queue_id = request.path_params["queue_id"]
+    limiter = request_limiter(request)
+    view = await entry_call(request.scope, limiter, "heartbeat", queue_id, app.queue.heartbeat)
+    return JSONResponse(entry_body(view))
+
+
+async def entry_call(
+    scope: Scope,
+    limiter: RequestLimiter,
+    kind: str,
+    queue_id: str,
+    call: Callable[[str, Sequence[WindowLimit]], Awaitable[EntryView]],
+) -> EntryView:
+    """Run a status or heartbeat call, rate-limited by client IP and by queue entry.
+
+    The store counts the limits inside the call itself. A malformed queue id is rejected with
+    400 before any store call, so it counts against no limit.
+    """
+    event_id = event_id_of(queue_id)
+    limits = await limiter.entry_limits(scope, kind, event_id, queue_id)
     try:
-        event_id = event_id_of(queue_id)
-    except InvalidInput:
-        event_id = ""  # the call fails with 400 after the per-IP limit
-    return await request_limiter(request).check(request, kind, event_id=event_id, device=queue_id)
+        view = await call(queue_id, limits)
+    except RateLimited as rejected:
+        metrics.RATE_LIMITED.labels(kind, rejected.limit_name.partition(".")[2]).inc()
+        raise
+    limiter.remember(scope, view.snapshot.limit)
+    return view
 
 
 def _string_or_none(value: object) -> str | None:

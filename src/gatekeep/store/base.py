@@ -36,9 +36,12 @@ from gatekeep.model import (
 from gatekeep.tokens.records import RevokeResult, TokenLookup, TokenRecord
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from limits.aio.storage import Storage
 
     from gatekeep.priority import PriorityCode
+    from gatekeep.ratewindow import WindowLimit
     from gatekeep.stats import EventStats
 
 
@@ -107,9 +110,19 @@ class Store(ABC):
 
     @abstractmethod
     async def touch(
-        self, event_id: str, queue_id: str, *, renew_session: bool = False
+        self,
+        event_id: str,
+        queue_id: str,
+        *,
+        renew_session: bool = False,
+        limits: Sequence[WindowLimit] = (),
     ) -> EntrySnapshot:
-        """Return the entry and, when it is waiting, record the call as its heartbeat.
+        """Count the call against `limits`, return the entry and, when it is waiting, record
+        the call as its heartbeat.
+
+        The call is counted against every limit or, when one of them is exhausted, against
+        none, and then nothing else changes and RateLimited is raised (see `ratewindow`). The
+        snapshot's `limit` is the tightest of the limits.
 
         A waiting entry of an event that closed or sold out ends with status `closed` or
         `sold_out` instead. With `renew_session`, an admitted session of an event with
@@ -179,9 +192,7 @@ class Store(ABC):
         """
 
     @abstractmethod
-    async def release_state(
-        self, event_id: str, *, with_publication: bool = False
-    ) -> ReleaseState:
+    async def release_state(self, event_id: str, *, with_publication: bool = False) -> ReleaseState:
         """Return the controller's state, creating the event's fairness seed if it has none.
 
         Raises EventNotFound.

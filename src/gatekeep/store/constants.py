@@ -8,6 +8,11 @@ import math
 # (410) instead of a bare 404.
 ENTRY_RETENTION_S = 3600
 
+# A status or heartbeat call that creates no key refreshes the event keys' TTLs only once they
+# have run down by this much, so a busy event pays for the refresh about once a second instead
+# of on every poll. It is far below ENTRY_RETENTION_S, the margin every TTL includes.
+TTL_REFRESH_SLACK_S = 1.0
+
 # Expired entries purged per store call, which bounds the work of one atomic step. The release
 # loop calls every event several times a second, so a larger backlog drains within a few ticks.
 PURGE_BATCH = 1000
@@ -36,6 +41,7 @@ def release_burst(release_rate: float) -> float:
 def retry_after_for_full_queue(release_rate: float) -> int:
     """Return seconds a rejected joiner should wait: about one release interval, 1 to 60 s."""
     return max(1, min(60, math.ceil(1.0 / release_rate)))
+
 
 # A Redis list of failed webhook messages expires this long after its newest record, so an
 # event whose failures stopped does not keep them forever.

@@ -66,6 +66,12 @@ def priority_codes_key(event_id: str) -> str:
     return f"gk:{{{event_id}}}:priority_codes"
 
 
+def rate_limit_key(event_id: str, name: str, identifier: str) -> str:
+    """Return the STRING of one rate limit's counters (`name` such as status.device) for one
+    caller `identifier` (a hash, never a queue id), in the event's hash slot."""
+    return f"gk:{{{event_id}}}:limit:{name}:{identifier}"
+
+
 def event_key_pattern(event_id: str) -> str:
     """Return the SCAN pattern matching every key of one event; ids hold no glob characters."""
     return f"gk:{{{event_id}}}:*"

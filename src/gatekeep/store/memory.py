@@ -14,6 +14,7 @@ import math
 import secrets
 import time
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,6 +31,7 @@ from gatekeep.errors import (
     NoStock,
     PriorityCodeNotFound,
     QueueFull,
+    RateLimited,
     SoldOut,
 )
 from gatekeep.fairness import (
@@ -59,6 +61,14 @@ from gatekeep.model import (
     WebhookFailure,
 )
 from gatekeep.priority import PRIORITY_CODE_MESSAGES, PriorityCode
+from gatekeep.ratewindow import (
+    WindowCount,
+    WindowLimit,
+    WindowOutcome,
+    count_window,
+    tightest,
+    window_headers,
+)
 from gatekeep.stats import WAIT_SAMPLES_MAX, EventStats
 from gatekeep.store.base import Store
 from gatekeep.store.constants import (
@@ -131,6 +141,10 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+# The rate-limit counters are swept of expired ones once they reach this many.
+LIMIT_WINDOWS_SWEEP_SIZE = 100_000
+
+
 class MemoryStore(Store):
     name = "memory"
 
@@ -140,6 +154,10 @@ class MemoryStore(Store):
         # event id -> code_id -> code, and event id -> recent waits in ms, newest first.
         self._priority_codes: dict[str, dict[str, PriorityCode]] = {}
         self._wait_samples: dict[str, deque[int]] = {}
+        # (event id, limit name, caller identifier) -> (counters, expiry ms) of status and
+        # heartbeat rate limits.
+        self._limit_windows: dict[tuple[str, str, str], tuple[WindowCount, int]] = {}
+        self._limit_sweep_size = LIMIT_WINDOWS_SWEEP_SIZE
 
     async def ping(self) -> None:
         return None
@@ -253,10 +271,16 @@ class MemoryStore(Store):
         return JoinResult(snapshot=_entry_snapshot(state, entry.queue_id, now_ms), created=True)
 
     async def touch(
-        self, event_id: str, queue_id: str, *, renew_session: bool = False
+        self,
+        event_id: str,
+        queue_id: str,
+        *,
+        renew_session: bool = False,
+        limits: Sequence[WindowLimit] = (),
     ) -> EntrySnapshot:
         state = self._state_for_entry(event_id)
         now_ms = _now_ms()
+        limit = self._count_limits(event_id, limits, now_ms)
         _purge(state, now_ms)
         _sync_control(state)
 
@@ -272,7 +296,38 @@ class MemoryStore(Store):
             state.heartbeats.move_to_end(queue_id)
         elif entry.status == EntryStatus.ADMITTED and renew_session:
             _renew_session(state, entry, now_ms)
-        return _entry_snapshot(state, queue_id, now_ms)
+        return replace(_entry_snapshot(state, queue_id, now_ms), limit=limit)
+
+    def _count_limits(
+        self, event_id: str, limits: Sequence[WindowLimit], now_ms: int
+    ) -> WindowOutcome | None:
+        """Count a call against all of `limits` or, when one is exhausted, none; see ratewindow."""
+        if not limits:
+            return None
+        if len(self._limit_windows) >= self._limit_sweep_size:
+            self._limit_windows = {
+                key: value for key, value in self._limit_windows.items() if value[1] > now_ms
+            }
+            # Counters that are all still live double the size of the next sweep, so sweeps
+            # stay rare whatever the number of callers.
+            self._limit_sweep_size = max(LIMIT_WINDOWS_SWEEP_SIZE, 2 * len(self._limit_windows))
+
+        outcomes: list[WindowOutcome] = []
+        counts: list[tuple[tuple[str, str, str], WindowCount, int]] = []
+        for limit in limits:
+            key = (event_id, limit.name, limit.identifier)
+            stored = self._limit_windows.get(key)
+            live = stored[0] if stored is not None and stored[1] > now_ms else None
+            outcome, counted = count_window(limit, live, now_ms)
+            outcomes.append(outcome)
+            counts.append((key, counted, now_ms + 2 * limit.window_ms))
+
+        chosen = tightest(outcomes)
+        if chosen is not None and not chosen.allowed:
+            raise RateLimited(chosen.name, window_headers(chosen))
+        for key, counted, expires_at_ms in counts:
+            self._limit_windows[key] = (counted, expires_at_ms)
+        return chosen
 
     async def leave(self, event_id: str, queue_id: str) -> EntrySnapshot:
         state = self._state_for_entry(event_id)
@@ -496,9 +551,7 @@ class MemoryStore(Store):
             control.stock_left = remaining if remaining is not None else 0
         return control.stock_left
 
-    async def release_state(
-        self, event_id: str, *, with_publication: bool = False
-    ) -> ReleaseState:
+    async def release_state(self, event_id: str, *, with_publication: bool = False) -> ReleaseState:
         state = self._state(event_id)
         now_ms = _now_ms()
         control = _sync_control(state)
@@ -599,9 +652,7 @@ class MemoryStore(Store):
         state = self._state(event_id)
         for code in codes:
             if code.bucket not in state.config.buckets:
-                raise InvalidInput(
-                    "bucket", f"event {event_id!r} has no bucket {code.bucket!r}"
-                )
+                raise InvalidInput("bucket", f"event {event_id!r} has no bucket {code.bucket!r}")
         table = self._priority_codes.setdefault(event_id, {})
         for code in codes:
             table[code.code_id] = code
@@ -740,9 +791,7 @@ def _adopt_token(
 
 def _token_state(state: _EventState, record: TokenRecord | None) -> TokenState:
     entry = state.entries.get(record.queue_id) if record else None
-    return token_state(
-        record, entry.status if entry else None, entry.token_id if entry else None
-    )
+    return token_state(record, entry.status if entry else None, entry.token_id if entry else None)
 
 
 def _end_session(state: _EventState, queue_id: str, now_ms: int) -> int:

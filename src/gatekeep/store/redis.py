@@ -16,7 +16,6 @@ import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import replace
-from importlib import resources
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -41,6 +40,7 @@ from gatekeep.errors import (
     NoStock,
     PriorityCodeNotFound,
     QueueFull,
+    RateLimited,
     SoldOut,
     StoreUnavailable,
 )
@@ -68,16 +68,10 @@ from gatekeep.model import (
     WebhookFailure,
 )
 from gatekeep.priority import PRIORITY_CODE_MESSAGES, PriorityCode
+from gatekeep.ratewindow import WindowLimit, WindowOutcome, window_headers
 from gatekeep.stats import WAIT_SAMPLES_MAX, EventStats
 from gatekeep.store.base import Store
 from gatekeep.store.constants import (
-    AUDIT_RETENTION_S,
-    ENTRY_RETENTION_S,
-    OBSERVED_RATE_MIN_WINDOW_S,
-    OBSERVED_RATE_TAU_S,
-    PURGE_BATCH,
-    RELEASE_BURST_S,
-    SEQ_SPAN,
     WEBHOOK_FAILURE_RETENTION_S,
     retry_after_for_full_queue,
 )
@@ -87,10 +81,13 @@ from gatekeep.store.keys import (
     event_key_pattern,
     event_keys,
     priority_codes_key,
+    rate_limit_key,
     token_keys,
     wait_samples_key,
     webhook_failures_key,
 )
+from gatekeep.store.pipeline import ScriptBatcher
+from gatekeep.store.scripts import ops_script_source, script_source, token_script_source
 from gatekeep.tokens.records import RevokeResult, TokenLookup, TokenRecord, TokenState
 
 logger = logging.getLogger(__name__)
@@ -143,56 +140,6 @@ _DRIVER_RETRIES = 1
 _CONNECT_BACKOFF_CAP_S = 5.0
 
 
-def _lua_constants() -> str:
-    """Return Lua locals for the tuning values, so constants.py stays their only source."""
-    return "\n".join(
-        [
-            "-- Tuning values from gatekeep.store.constants, written when the scripts load.",
-            f"local ENTRY_RETENTION_MS = {round(ENTRY_RETENTION_S * 1000)}",
-            f"local PURGE_BATCH = {PURGE_BATCH}",
-            f"local SEQ_SPAN = {SEQ_SPAN}",
-            f"local RELEASE_BURST_S = {float(RELEASE_BURST_S)!r}",
-            f"local OBSERVED_RATE_TAU_S = {float(OBSERVED_RATE_TAU_S)!r}",
-            f"local OBSERVED_RATE_MIN_WINDOW_S = {float(OBSERVED_RATE_MIN_WINDOW_S)!r}",
-            f"local AUDIT_RETENTION_MS = {round(AUDIT_RETENTION_S * 1000)}",
-            "",
-        ]
-    )
-
-
-def script_source(name: str) -> str:
-    """Return the full Lua source of one operation: constants, the shared prelude, the body."""
-    lua_dir = resources.files("gatekeep.store").joinpath("lua")
-    prelude = lua_dir.joinpath("common.lua").read_text(encoding="utf-8")
-    control = lua_dir.joinpath("control.lua").read_text(encoding="utf-8")
-    body = lua_dir.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-    return f"{_lua_constants()}\n{prelude}\n{control}\n{body}"
-
-
-def token_script_source(name: str) -> str:
-    """Return the full Lua source of one token operation: script_source plus token_common.lua."""
-    lua_dir = resources.files("gatekeep.store").joinpath("lua")
-    helpers = lua_dir.joinpath("token_common.lua").read_text(encoding="utf-8")
-    body = lua_dir.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-    prelude = script_source(name).removesuffix(body)
-    return f"{prelude}\n{helpers}\n{body}"
-
-
-def ops_script_source(name: str) -> str:
-    """Return the full Lua source of one operations script.
-
-    join_with_code gets join.lua's body as the local function `run_join`, so a join with a
-    priority code runs exactly the plain join's steps.
-    """
-    if name != "join_with_code":
-        return script_source(name)
-    lua_dir = resources.files("gatekeep.store").joinpath("lua")
-    join_body = lua_dir.joinpath("join.lua").read_text(encoding="utf-8")
-    body = lua_dir.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-    prelude = script_source(name).removesuffix(body)
-    return f"{prelude}\nlocal function run_join()\n{join_body}\nend\n\n{body}"
-
-
 class RedisStore(Store):
     """Store backed by one Redis primary, reached directly or through Sentinel."""
 
@@ -214,6 +161,8 @@ class RedisStore(Store):
         self._scripts.update(
             (name, client.register_script(ops_script_source(name))) for name in OPS_SCRIPT_NAMES
         )
+        # Status polls and heartbeats, the bulk of all calls, share pipelines (see pipeline.py).
+        self._touch = ScriptBatcher(client, self._scripts["touch"])
 
     @classmethod
     def from_url(
@@ -395,12 +344,32 @@ class RedisStore(Store):
         return JoinResult(snapshot=snapshot, created=reply[1] == 1)
 
     async def touch(
-        self, event_id: str, queue_id: str, *, renew_session: bool = False
+        self,
+        event_id: str,
+        queue_id: str,
+        *,
+        renew_session: bool = False,
+        limits: Sequence[WindowLimit] = (),
     ) -> EntrySnapshot:
-        args = [queue_id, _flag(renew_session)]
-        reply = await self._run_ops("touch", event_id, args, control_keys(event_id))
+        args: list[str | int] = [queue_id, _flag(renew_session), len(limits)]
+        keys: list[str | bytes] = [*_touch_keys(event_id)]
+        for limit in limits:
+            args += [limit.name, limit.amount, limit.window_ms]
+            keys.append(rate_limit_key(event_id, limit.name, limit.identifier))
+        try:
+            reply = await self._touch(keys, args)
+        except RedisError as error:
+            raise _unavailable("touch", error) from error
+        if reply[0] == "rate_limited":
+            _, name, amount, remaining, reset_s = reply
+            rejected = WindowOutcome(name, int(amount), int(remaining), int(reset_s), False)
+            raise RateLimited(name, window_headers(rejected))
         _raise_for_status(reply, event_id)
-        return _entry_snapshot(event_id, reply[1], reply[2])
+        outcome = None
+        if reply[3] is not None:
+            name, amount, remaining, reset_s = reply[3]
+            outcome = WindowOutcome(name, int(amount), int(remaining), int(reset_s), True)
+        return _entry_snapshot(event_id, reply[1], reply[2], limit=outcome)
 
     async def leave(self, event_id: str, queue_id: str) -> EntrySnapshot:
         reply = await self._run("leave", event_id, [queue_id])
@@ -524,9 +493,7 @@ class RedisStore(Store):
         _raise_for_status(reply, event_id)
         return int(reply[1])
 
-    async def release_state(
-        self, event_id: str, *, with_publication: bool = False
-    ) -> ReleaseState:
+    async def release_state(self, event_id: str, *, with_publication: bool = False) -> ReleaseState:
         args = [*new_seed(), _flag(with_publication)]
         reply = await self._run_ops("control_state", event_id, args, control_keys(event_id))
         _raise_for_status(reply, event_id)
@@ -759,6 +726,13 @@ class RedisStore(Store):
             raise _unavailable(operation, error) from error
 
 
+@functools.lru_cache(maxsize=4096)
+def _touch_keys(event_id: str) -> tuple[bytes, ...]:
+    """Return the event and control keys of a touch call, encoded once per event."""
+    names = [*event_keys(event_id).as_list(), *control_keys(event_id)]
+    return tuple(name.encode() for name in names)
+
+
 # Errors
 
 
@@ -848,7 +822,8 @@ def _config_pairs(config: EventConfig) -> list[str]:
 
 
 # Config fields that a Lua script may change on its own (`set_paused`); they are read from
-# their flat field, which is always current, instead of from `document`.
+# their flat field, which is always current, instead of from `document`. common.lua's
+# snapshot_reply sends them beside the document, in this order.
 SCRIPT_WRITTEN_FIELDS = ("paused",)
 
 
@@ -872,7 +847,7 @@ def _config_from_pairs(flat: list[str]) -> EventConfig:
 def _event_snapshot(reply: list[Any]) -> EventSnapshot:
     """Decode common.lua's snapshot_reply."""
     (
-        config_pairs,
+        (document, paused),
         now_ms,
         waiting_count,
         admitted_active,
@@ -883,7 +858,7 @@ def _event_snapshot(reply: list[Any]) -> EventSnapshot:
         left_total,
     ) = reply
     return EventSnapshot(
-        config=_config_from_pairs(config_pairs),
+        config=_decode_config(document, (paused == "1",)),  # SCRIPT_WRITTEN_FIELDS
         now_ms=int(now_ms),
         waiting_count=int(waiting_count),
         admitted_active=int(admitted_active),
@@ -896,7 +871,10 @@ def _event_snapshot(reply: list[Any]) -> EventSnapshot:
 
 
 def _entry_snapshot(
-    event_id: str, entry_reply: list[Any], snapshot_reply: list[Any]
+    event_id: str,
+    entry_reply: list[Any],
+    snapshot_reply: list[Any],
+    limit: WindowOutcome | None = None,
 ) -> EntrySnapshot:
     """Decode common.lua's entry_reply (entry layout described there) and snapshot_reply."""
     queue_id, raw, position, heartbeat_ms = entry_reply
@@ -923,6 +901,7 @@ def _entry_snapshot(
         entry=entry,
         position=None if position is None else int(position),
         event=_event_snapshot(snapshot_reply),
+        limit=limit,
     )
 
 

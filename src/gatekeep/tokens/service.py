@@ -12,12 +12,14 @@ import hashlib
 import json
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 from gatekeep import metrics
 from gatekeep.errors import EventNotFound, TokenRejected
 from gatekeep.model import ID_PATTERN
 from gatekeep.queue import EntryView, QueueService
+from gatekeep.ratewindow import WindowLimit
 from gatekeep.store.base import Store
 from gatekeep.tokens.records import RevokeResult, TokenLookup, TokenState
 from gatekeep.tokens.signer import TokenSigner
@@ -214,13 +216,13 @@ class RecordingQueueService(QueueService):
         await self.tokens.record_issued(view)
         return view
 
-    async def status(self, queue_id: str) -> EntryView:
-        view = await super().status(queue_id)
+    async def status(self, queue_id: str, limits: Sequence[WindowLimit] = ()) -> EntryView:
+        view = await super().status(queue_id, limits)
         await self.tokens.record_issued(view)
         return view
 
-    async def heartbeat(self, queue_id: str) -> EntryView:
-        view = await super().heartbeat(queue_id)
+    async def heartbeat(self, queue_id: str, limits: Sequence[WindowLimit] = ()) -> EntryView:
+        view = await super().heartbeat(queue_id, limits)
         await self.tokens.record_issued(view)
         return view
 

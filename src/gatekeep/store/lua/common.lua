@@ -97,14 +97,31 @@ end
 
 -- Config
 
+-- Config fields every script may read. `document` is the whole config as JSON, which replies
+-- carry back for Python to decode.
+local CONFIG_FIELDS = {'event_id', 'enabled', 'paused', 'max_queue_size', 'max_capacity',
+  'release_rate', 'session_ttl_s', 'heartbeat_timeout_s', 'buckets', 'mode', 'opens_at_ms',
+  'closes_at_ms', 'stock', 'max_session_s', 'document'}
+
+-- Return the fields of a hash named in `fields` as a table, with nil for a missing one.
+local function hash_fields(key, fields)
+  local values = redis.call('HMGET', key, unpack(fields))
+  local raw = {}
+  for i, name in ipairs(fields) do
+    if values[i] then
+      raw[name] = values[i]
+    end
+  end
+  return raw
+end
+
 local function load_config()
-  local flat = redis.call('HGETALL', K_CONFIG)
-  if #flat == 0 then
+  local raw = hash_fields(K_CONFIG, CONFIG_FIELDS)
+  if not raw.document then
     return nil
   end
-  local raw = pairs_to_table(flat)
   return {
-    flat = flat,
+    raw = raw,
     enabled = raw.enabled == '1',
     paused = raw.paused == '1',
     max_queue_size = tonumber(raw.max_queue_size),
@@ -128,9 +145,12 @@ end
 
 -- State
 
+local STATE_FIELDS = {'credit', 'last_ms', 'obs_count', 'obs_time_s', 'admitted_total',
+  'expired_total', 'left_total'}
+
 -- Read the state hash. A missing hash means a brand-new event with no credit, settled at now.
 local function load_state(now_ms)
-  local raw = pairs_to_table(redis.call('HGETALL', K_STATE))
+  local raw = hash_fields(K_STATE, STATE_FIELDS)
   return {
     credit = tonumber(raw.credit) or 0,
     last_ms = tonumber(raw.last_ms) or now_ms,
@@ -176,14 +196,34 @@ local function credit_now(cfg, st, now_ms)
   return math.min(st.credit + dt_s * cfg.release_rate, release_burst(cfg.release_rate))
 end
 
--- Give every non-config key the lifetime of the longest-lived thing it can contain: a session
--- or a heartbeat window, then the retention of the ended entry.
+-- Return the lifetime of the event's non-config keys: the longest-lived thing they can contain
+-- (a session or a heartbeat window), then the retention of the ended entry.
+local function event_ttl_ms(cfg)
+  return math.max(cfg.session_ttl_ms, cfg.heartbeat_timeout_ms) + ENTRY_RETENTION_MS
+end
+
+-- Give every non-config key the event's lifetime.
 -- NOTE: an event that no script touches for that long loses its totals and sequence counter
 -- too. That is harmless only while the release loop keeps calling every event.
 local function refresh_ttl(cfg)
-  local ttl_ms = math.max(cfg.session_ttl_ms, cfg.heartbeat_timeout_ms) + ENTRY_RETENTION_MS
+  local ttl_ms = event_ttl_ms(cfg)
   for i = 2, #KEYS do
     redis.call('PEXPIRE', KEYS[i], ttl_ms)
+  end
+end
+
+-- True while the state key's TTL is within TTL_REFRESH_SLACK_MS of the event's lifetime.
+-- Every key got the same TTL at the last full refresh, so then each still lives at least the
+-- lifetime minus the slack, which is far less than ENTRY_RETENTION_MS.
+local function ttl_is_fresh(cfg)
+  return redis.call('PTTL', K_STATE) >= event_ttl_ms(cfg) - TTL_REFRESH_SLACK_MS
+end
+
+-- Refresh the TTLs once they ran down by more than the slack, for scripts that created no key
+-- and wrote only heartbeats or session expiries.
+local function refresh_ttl_if_stale(cfg)
+  if not ttl_is_fresh(cfg) then
+    refresh_ttl(cfg)
   end
 end
 
@@ -316,6 +356,16 @@ local function expire_batch(queue_ids, heartbeats, now_ms)
   return #owners
 end
 
+-- True when purge would find anything to do: a silent waiting entry, an ended session or a
+-- retired entry past its retention.
+local function purge_due(cfg, now_ms)
+  local cutoff_ms = now_ms - cfg.heartbeat_timeout_ms
+  return #redis.call('ZRANGEBYSCORE', K_HEARTBEATS, '-inf', '(' .. int_str(cutoff_ms),
+      'LIMIT', 0, 1) > 0
+    or #redis.call('ZRANGEBYSCORE', K_ADMITTED, '-inf', int_str(now_ms), 'LIMIT', 0, 1) > 0
+    or #redis.call('ZRANGEBYSCORE', K_RETIRED, '-inf', int_str(now_ms), 'LIMIT', 0, 1) > 0
+end
+
 -- Expire silent waiting entries and ended sessions, then drop retired entries that are due,
 -- at most PURGE_BATCH of each. Returns (waiting entries expired, sessions expired).
 local function purge(cfg, st, now_ms)
@@ -350,7 +400,7 @@ end
 
 -- Replies
 
--- Return the event snapshot as {config pairs, now_ms, waiting_count, admitted_active,
+-- Return the event snapshot as {{config document, paused '1'|'0'}, now_ms, waiting_count, admitted_active,
 -- release_credit, observed_rate_per_s or nil, admitted_total, expired_total, left_total}.
 -- Floats travel as strings because Redis truncates Lua numbers in replies to integers.
 local function snapshot_reply(cfg, st, now_ms)
@@ -359,7 +409,7 @@ local function snapshot_reply(cfg, st, now_ms)
     observed = float_str(st.obs_count / st.obs_time_s)
   end
   return {
-    cfg.flat,
+    {cfg.raw.document, cfg.raw.paused},
     now_ms,
     redis.call('ZCARD', K_WAITING),
     redis.call('ZCARD', K_ADMITTED),

@@ -39,9 +39,8 @@ local SHA256_K = {
   0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
   0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
 }
-for i = 1, 64 do
-  SHA256_K[i] = bit.tobit(SHA256_K[i])
-end
+-- The constants stay unsigned: every sum that uses one is reduced with tobit, which works modulo
+-- 2^32, so a signed or an unsigned constant gives the same word.
 
 local function sha256_hex(message)
   local band, bxor, bnot, bor = bit.band, bit.bxor, bit.bnot, bit.bor
@@ -98,10 +97,11 @@ end
 
 -- Config fields of the controller and the control hash
 
--- Read the controller's config fields into `cfg` and return the control hash as a table. A
--- stock value that differs from the one last applied replaces the remaining stock.
-local function load_control(cfg)
-  local raw = pairs_to_table(cfg.flat)
+-- Read the controller's config fields into `cfg` and return the control hash as a table, or
+-- only its `fields` when given. A stock value that differs from the one last applied replaces
+-- the remaining stock.
+local function load_control(cfg, fields)
+  local raw = cfg.raw
   cfg.event_id = raw.event_id
   cfg.mode = raw.mode or 'fifo'
   cfg.opens_at_ms = tonumber(raw.opens_at_ms or '')
@@ -109,12 +109,18 @@ local function load_control(cfg)
   local max_session_s = tonumber(raw.max_session_s or '')
   cfg.max_session_ms = max_session_s and round_half_even(max_session_s * 1000)
 
-  local ctl = pairs_to_table(redis.call('HGETALL', K_CONTROL))
+  local ctl
+  if fields then
+    ctl = hash_fields(K_CONTROL, fields)
+  else
+    ctl = pairs_to_table(redis.call('HGETALL', K_CONTROL))
+  end
   local stock_text = raw.stock or ''
   if (ctl.stock_config or '') ~= stock_text then
     ctl.stock_config = stock_text
     ctl.stock_left = stock_text
     redis.call('HSET', K_CONTROL, 'stock_config', stock_text, 'stock_left', stock_text)
+    ctl.written = true
   end
   return ctl
 end

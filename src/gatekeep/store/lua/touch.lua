@@ -1,12 +1,77 @@
--- touch: return an entry and, when it is waiting, record this call as its heartbeat. A waiting
--- entry of an event that closed or sold out ends with that status instead. With ARGV[2] = '1',
--- an admitted session is renewed: its expiry moves to now + session_ttl_s, but never past
--- admitted_at + max_session_s, and never earlier than it was.
--- KEYS: the eight event keys described in common.lua, then the three of control.lua.
--- ARGV[1] queue_id, ARGV[2] renew: '1' to renew an admitted session, '0' otherwise.
--- Returns {'ok', entry reply, snapshot reply} or {'entry_not_found'} (also for an unknown event).
+-- touch: count the call against its rate limits, then return an entry and, when it is waiting,
+-- record this call as its heartbeat. A waiting entry of an event that closed or sold out ends
+-- with that status instead. With ARGV[2] = '1', an admitted session is renewed: its expiry
+-- moves to now + session_ttl_s, but never past admitted_at + max_session_s, and never earlier
+-- than it was.
+-- KEYS: the eight event keys described in common.lua, the three of control.lua, then one
+--   STRING per rate limit: "WINDOW CURRENT PREVIOUS", the index of the window it counts, the
+--   count in that window and the count in the window before.
+-- ARGV[1] queue_id, ARGV[2] renew: '1' to renew an admitted session, '0' otherwise,
+-- ARGV[3] number of rate limits, then for each: name, amount, window_ms.
+-- Returns {'ok', entry reply, snapshot reply, tightest limit or false},
+-- {'rate_limited', name, amount, remaining, reset_s} (nothing else changed), or
+-- {'entry_not_found'} (also for an unknown event).
 local queue_id = ARGV[1]
 local renew = ARGV[2] == '1'
+local limit_count = tonumber(ARGV[3]) or 0
+local FIRST_LIMIT_KEY = 12
+
+-- The arithmetic of gatekeep.ratewindow.count_window, in the same order, so both stores agree.
+-- Returns the outcomes ({name, amount, remaining, reset_s, allowed}) and the counters to write.
+local function count_limits(now_ms)
+  local outcomes = {}
+  local writes = {}
+  for i = 1, limit_count do
+    local key = KEYS[FIRST_LIMIT_KEY + i - 1]
+    local name = ARGV[3 * i + 1]
+    local amount = tonumber(ARGV[3 * i + 2])
+    local window_ms = tonumber(ARGV[3 * i + 3])
+
+    local window = math.floor(now_ms / window_ms)
+    local left_ms = window_ms - (now_ms - window * window_ms)
+    local stored = redis.call('GET', key)
+    local stored_window, stored_current, stored_previous = nil, 0, 0
+    if stored then
+      local w, c, p = string.match(stored, '^(%d+) (%d+) (%d+)$')
+      stored_window, stored_current, stored_previous = tonumber(w), tonumber(c), tonumber(p)
+    end
+    local current, previous = 0, 0
+    if stored_window == window then
+      current, previous = stored_current, stored_previous
+    elseif stored_window == window - 1 then
+      previous = stored_current
+    end
+
+    local weighted = previous * left_ms / window_ms + current
+    if weighted + 1 <= amount then
+      local remaining = math.floor(amount - weighted - 1)
+      outcomes[i] = {name, amount, remaining, math.max(1, math.ceil(left_ms / 1000)), true}
+      writes[i] = {key, window, current + 1, previous, 2 * window_ms}
+    else
+      local room = amount - 1 - current
+      local wait_ms = left_ms
+      if previous > 0 and room >= 0 then
+        wait_ms = left_ms - room * window_ms / previous
+      end
+      outcomes[i] = {name, amount, 0, math.max(1, math.ceil(wait_ms / 1000)), false}
+    end
+  end
+  return outcomes, writes
+end
+
+-- First rejected outcome, else the one with the fewest calls left, as ratewindow.tightest.
+local function tightest(outcomes)
+  local best = nil
+  for _, outcome in ipairs(outcomes) do
+    if not outcome[5] then
+      return outcome
+    end
+    if not best or outcome[3] < best[3] then
+      best = outcome
+    end
+  end
+  return best
+end
 
 local cfg = load_config()
 if not cfg then
@@ -14,35 +79,85 @@ if not cfg then
 end
 
 local now_ms = clock_ms()
-local st = load_state(now_ms)
-purge(cfg, st, now_ms)
-local ctl = load_control(cfg)
+local outcomes, limit_writes = count_limits(now_ms)
+local limit = tightest(outcomes)
+if limit and not limit[5] then
+  return {'rate_limited', limit[1], limit[2], limit[3], limit[4]}
+end
 
+-- Writes the counters of the limits the call was counted against; call it once, last.
+local function write_limits()
+  for _, write in pairs(limit_writes) do
+    local counters = int_str(write[2]) .. ' ' .. int_str(write[3]) .. ' ' .. int_str(write[4])
+    redis.call('SET', write[1], counters, 'PX', write[5])
+  end
+end
+
+local function limit_reply()
+  if not limit then
+    return false
+  end
+  return {limit[1], limit[2], limit[3], limit[4]}
+end
+
+local st = load_state(now_ms)
+-- ending_status reads the stock only.
+local ctl = load_control(cfg, {'stock_config', 'stock_left'})
 local raw = redis.call('HGET', K_ENTRIES, queue_id)
-if not raw then
+
+-- The common case first: a waiting entry polls while the event runs and nothing else is due
+-- (no state to create, no stock to apply, nothing to purge, no TTL to refresh). It writes only
+-- the heartbeat and the limit counters, and the rest of the script is never reached.
+if raw and entry_status(raw) == 'waiting' and not st.dirty and not ctl.written
+    and not ending_status(cfg, ctl, now_ms) and not purge_due(cfg, now_ms)
+    and ttl_is_fresh(cfg) then
+  redis.call('ZADD', K_HEARTBEATS, 'XX', int_str(now_ms), queue_id)
+  local rank = redis.call('ZRANK', K_WAITING, queue_id)
+  if rank then
+    write_limits()
+    return {'ok', {queue_id, raw, rank + 1, now_ms}, snapshot_reply(cfg, st, now_ms), limit_reply()}
+  end
+end
+
+-- gatekeep: rest of the prelude
+
+purge(cfg, st, now_ms)
+raw = redis.call('HGET', K_ENTRIES, queue_id)  -- the purge may have ended it
+local created_keys = false
+if raw then
+  local status = entry_status(raw)
+  if status == 'waiting' then
+    local ending = ending_status(cfg, ctl, now_ms)
+    if ending then
+      end_entry(queue_id, raw, ending, now_ms)
+      created_keys = true
+    else
+      redis.call('ZADD', K_HEARTBEATS, 'XX', int_str(now_ms), queue_id)
+    end
+  elseif status == 'admitted' and renew and cfg.max_session_ms then
+    local admitted_at_ms = tonumber(string.match(raw, ',"a":(%d+)'))
+    local expires_at_ms = tonumber(string.match(raw, ',"x":(%d+)'))
+    local renewed_ms = math.min(now_ms + cfg.session_ttl_ms, admitted_at_ms + cfg.max_session_ms)
+    if renewed_ms > expires_at_ms then
+      redis.call('ZADD', K_ADMITTED, 'XX', int_str(renewed_ms), queue_id)
+      local renewed_raw = string.gsub(raw, ',"x":%d+', ',"x":' .. int_str(renewed_ms), 1)
+      redis.call('HSET', K_ENTRIES, queue_id, renewed_raw)
+    end
+  end
+end
+
+-- A plain poll created no key, so its TTL refresh can wait; anything else refreshes now.
+if st.dirty or created_keys then
   finish(cfg, st)
+else
+  refresh_ttl_if_stale(cfg)
+end
+if ctl.written or created_keys then
+  refresh_control_ttl()
+end
+write_limits()
+
+if not raw then
   return {'entry_not_found'}
 end
-
-local status = entry_status(raw)
-if status == 'waiting' then
-  local ending = ending_status(cfg, ctl, now_ms)
-  if ending then
-    end_entry(queue_id, raw, ending, now_ms)
-  else
-    redis.call('ZADD', K_HEARTBEATS, 'XX', int_str(now_ms), queue_id)
-  end
-elseif status == 'admitted' and renew and cfg.max_session_ms then
-  local admitted_at_ms = tonumber(string.match(raw, ',"a":(%d+)'))
-  local expires_at_ms = tonumber(string.match(raw, ',"x":(%d+)'))
-  local renewed_ms = math.min(now_ms + cfg.session_ttl_ms, admitted_at_ms + cfg.max_session_ms)
-  if renewed_ms > expires_at_ms then
-    redis.call('ZADD', K_ADMITTED, 'XX', int_str(renewed_ms), queue_id)
-    local renewed_raw = string.gsub(raw, ',"x":%d+', ',"x":' .. int_str(renewed_ms), 1)
-    redis.call('HSET', K_ENTRIES, queue_id, renewed_raw)
-  end
-end
-
-finish(cfg, st)
-refresh_control_ttl()
-return {'ok', entry_reply(queue_id), snapshot_reply(cfg, st, now_ms)}
+return {'ok', entry_reply(queue_id), snapshot_reply(cfg, st, now_ms), limit_reply()}

@@ -1,0 +1,104 @@
+"""Sliding-window counters that the store counts inside a status or heartbeat call.
+
+A status poll or heartbeat is the busiest call of the service, so its rate limits are counted
+by the same atomic store call that reads the entry: one round trip in all, where the `limits`
+library needs two per limit. The algorithm is the sliding-window counter that `limits` also
+uses: the count of the current fixed window plus the previous window's count, weighted by the
+share of the previous window that still overlaps the sliding one.
+
+`count_window` is the reference. The embedded store calls it, and the Redis store's
+`touch.lua` repeats the same arithmetic in the same order, so both stores give the same answer.
+Rejected calls count against no limit, and a call is counted against all its limits or none.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class WindowLimit:
+    """One limit of one call: at most `amount` calls per `window_ms` for `identifier`."""
+
+    name: str  # KIND.DIMENSION, such as status.device
+    amount: int
+    window_ms: int
+    identifier: str  # a hash of the event and the counted id; never a queue id itself
+
+
+@dataclass(frozen=True, slots=True)
+class WindowCount:
+    """The stored counters of one limit: a window's index, its count and the count before it."""
+
+    window: int
+    current: int
+    previous: int
+
+
+@dataclass(frozen=True, slots=True)
+class WindowOutcome:
+    """The outcome of counting one call against one limit: allowed or not, the calls left, and
+    the seconds until a retry may succeed or the window resets."""
+
+    name: str
+    amount: int
+    remaining: int
+    reset_s: int
+    allowed: bool
+
+
+def count_window(
+    limit: WindowLimit, stored: WindowCount | None, now_ms: int
+) -> tuple[WindowOutcome, WindowCount]:
+    """Weigh one call against `limit`; return the outcome and the counters if it is counted.
+
+    `reset_s` is, for an allowed call, the seconds until the current window ends, and for a
+    rejected one the seconds until the weighted count leaves room for one more call.
+    """
+    window = now_ms // limit.window_ms
+    left_ms = limit.window_ms - (now_ms - window * limit.window_ms)
+    current = 0
+    previous = 0
+    if stored is not None and stored.window == window:
+        current, previous = stored.current, stored.previous
+    elif stored is not None and stored.window == window - 1:
+        previous = stored.current
+
+    weighted = previous * left_ms / limit.window_ms + current
+    if weighted + 1 <= limit.amount:
+        remaining = math.floor(limit.amount - weighted - 1)
+        outcome = WindowOutcome(limit.name, limit.amount, remaining, _ceil_s(left_ms), True)
+        return outcome, WindowCount(window, current + 1, previous)
+
+    # The previous window's share shrinks as time passes; the current count does not.
+    room = limit.amount - 1 - current
+    wait_ms: float = left_ms
+    if previous > 0 and room >= 0:
+        wait_ms = left_ms - room * limit.window_ms / previous
+    outcome = WindowOutcome(limit.name, limit.amount, 0, _ceil_s(wait_ms), False)
+    return outcome, WindowCount(window, current, previous)
+
+
+def tightest(outcomes: list[WindowOutcome]) -> WindowOutcome | None:
+    """Return the first rejected outcome, else the one with the fewest calls left."""
+    rejected = [outcome for outcome in outcomes if not outcome.allowed]
+    if rejected:
+        return rejected[0]
+    return min(outcomes, key=lambda outcome: outcome.remaining, default=None)
+
+
+def window_headers(outcome: WindowOutcome) -> dict[str, str]:
+    """Return the `RateLimit-*` headers of an outcome, with `Retry-After` when it was rejected."""
+    headers = {
+        "RateLimit-Limit": str(outcome.amount),
+        "RateLimit-Remaining": str(max(0, outcome.remaining)),
+        "RateLimit-Reset": str(outcome.reset_s),
+    }
+    if not outcome.allowed:
+        headers["Retry-After"] = headers["RateLimit-Reset"]
+    return headers
+
+
+def _ceil_s(duration_ms: float) -> int:
+    return max(1, math.ceil(duration_ms / 1000))

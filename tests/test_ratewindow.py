@@ -1,0 +1,82 @@
+"""The sliding-window counter that both stores use for status and heartbeat limits."""
+
+from __future__ import annotations
+
+from gatekeep.ratewindow import (
+    WindowCount,
+    WindowLimit,
+    WindowOutcome,
+    count_window,
+    tightest,
+    window_headers,
+)
+
+LIMIT = WindowLimit(name="status.device", amount=3, window_ms=60_000, identifier="x")
+
+
+def count_calls(stored: WindowCount | None, now_ms: int, calls: int) -> list[WindowOutcome]:
+    outcomes = []
+    for _ in range(calls):
+        outcome, counted = count_window(LIMIT, stored, now_ms)
+        outcomes.append(outcome)
+        if outcome.allowed:
+            stored = counted
+    return outcomes
+
+
+def test_allows_amount_then_rejects_until_window_ends() -> None:
+    outcomes = count_calls(None, now_ms=120_000 + 20_000, calls=4)
+
+    assert [outcome.allowed for outcome in outcomes] == [True, True, True, False]
+    assert [outcome.remaining for outcome in outcomes] == [2, 1, 0, 0]
+    # A full current window frees room only when the window ends, 40 s later.
+    assert outcomes[3].reset_s == 40
+
+
+def test_previous_window_counts_by_its_overlap() -> None:
+    # Window 2 starts at 120 s; at 150 s half of window 1 still overlaps the sliding window.
+    stored = WindowCount(window=1, current=4, previous=0)
+
+    outcomes = count_calls(stored, now_ms=150_000, calls=2)
+
+    assert outcomes[0].allowed and outcomes[0].remaining == 0  # 4 * 0.5 + 1 = 3
+    assert not outcomes[1].allowed
+    # Room for one more once the previous window's share drops from 2 to 1: 15 s later.
+    assert outcomes[1].reset_s == 15
+
+
+def test_windows_older_than_the_previous_one_are_forgotten() -> None:
+    stored = WindowCount(window=0, current=3, previous=3)
+
+    outcome, counted = count_window(LIMIT, stored, now_ms=180_000)
+
+    assert outcome.allowed and outcome.remaining == 2
+    assert counted == WindowCount(window=3, current=1, previous=0)
+
+
+def test_rejected_call_leaves_counters_unchanged() -> None:
+    stored = WindowCount(window=2, current=3, previous=0)
+
+    outcome, counted = count_window(LIMIT, stored, now_ms=130_000)
+
+    assert not outcome.allowed
+    assert counted == stored
+
+
+def test_tightest_prefers_a_refusal_then_fewest_left() -> None:
+    roomy = WindowOutcome("status.ip", 100, 50, 10, True)
+    tight = WindowOutcome("status.device", 3, 1, 30, True)
+    rejected = WindowOutcome("status.ip", 100, 0, 5, False)
+
+    assert tightest([roomy, tight]) == tight
+    assert tightest([tight, rejected]) == rejected
+    assert tightest([]) is None
+
+
+def test_headers_carry_retry_after_only_when_rejected() -> None:
+    allowed = window_headers(WindowOutcome("status.device", 3, 1, 30, True))
+    rejected = window_headers(WindowOutcome("status.device", 3, 0, 12, False))
+
+    assert allowed == {"RateLimit-Limit": "3", "RateLimit-Remaining": "1", "RateLimit-Reset": "30"}
+    assert rejected["Retry-After"] == "12"
+    assert rejected["RateLimit-Remaining"] == "0"
