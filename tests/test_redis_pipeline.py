@@ -1,4 +1,5 @@
-"""Automatic pipelining of touch calls and the per-script pruning of the Lua prelude."""
+"""Automatic pipelining of touch calls, the config cache of touch replies, and the per-script
+pruning of the Lua prelude."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from conftest import RedisServer
+from gatekeep.model import EventConfig, JoinRequest
+from gatekeep.queue import new_queue_id
 from gatekeep.store.pipeline import ScriptBatcher
+from gatekeep.store.redis import RedisStore
 from gatekeep.store.scripts import REST_OF_PRELUDE, prune_prelude, script_source
 
 ECHO = """
@@ -142,3 +146,27 @@ async def test_pruned_scripts_compile(redis_url: str, name: str) -> None:
         await client.aclose()
 
     assert len(sha) == 40
+
+
+async def test_touch_reads_a_config_dropped_from_its_cache(redis_url: str) -> None:
+    store = RedisStore.from_url(redis_url)
+    await store.connect()
+    try:
+        await store.put_event(EventConfig.from_dict({"event_id": "ev", "release_rate": 3.0}))
+        request = JoinRequest(
+            queue_id=new_queue_id("ev"),
+            event_id="ev",
+            device_id="d1",
+            user_id=None,
+            bucket="default",
+            token_id="t" * 22,
+            nonce="n" * 16,
+        )
+        queue_id = (await store.join(request)).snapshot.entry.queue_id
+        await store.touch("ev", queue_id)  # the reply carries the document, now cached
+        store._config_documents.clear()  # as when the cache starts over mid-call
+        snapshot = await store.touch("ev", queue_id)
+    finally:
+        await store.close()
+
+    assert snapshot.event.config.release_rate == 3.0

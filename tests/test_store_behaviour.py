@@ -503,3 +503,19 @@ async def test_touch_limits_are_per_event_key(store: Store) -> None:
 
     assert second.limit is not None
     assert second.limit.remaining == 0
+
+
+async def test_touch_sees_config_changes(store: Store) -> None:
+    await make_event(store, release_rate=2.0)
+    queue_id = (await join_many(store, "ev1", 1))[0]
+    before = await store.touch("ev1", queue_id)
+
+    await make_event(store, release_rate=7.5)
+    changed = await store.touch("ev1", queue_id)
+    await store.set_paused("ev1", True)
+    paused = await store.touch("ev1", queue_id)
+
+    assert before.event.config.release_rate == 2.0
+    assert changed.event.config.release_rate == 7.5
+    assert paused.event.config.paused is True
+    assert paused.event.config.release_rate == 7.5

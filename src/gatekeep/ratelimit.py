@@ -195,6 +195,7 @@ def _parsed_limit(text: str) -> RateLimitItem:
     return parse(text)
 
 
+@functools.lru_cache(maxsize=65_536)
 def _identifier(value: str) -> str:
     """Return a short hash of an id, so queue ids (bearer secrets) never become store keys."""
     return hashlib.sha256(value.encode()).hexdigest()[:24]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import secrets
 from collections.abc import Sequence
@@ -128,6 +129,9 @@ OPS_SCRIPT_NAMES = (
 
 SENTINEL_SCHEME = "redis+sentinel"
 
+# Config documents kept for touch replies; past this many revisions the cache starts over.
+CONFIG_DOCUMENTS_MAX = 10_000
+
 # Release steps one call may run while it opens an event: the freeze, then the step after the
 # opening. A third covers an opening that another process completed in between.
 _OPENING_ATTEMPTS = 3
@@ -163,6 +167,9 @@ class RedisStore(Store):
         )
         # Status polls and heartbeats, the bulk of all calls, share pipelines (see pipeline.py).
         self._touch = ScriptBatcher(client, self._scripts["touch"])
+        # Config documents by revision, and each event's latest revision, from touch replies.
+        self._config_documents: dict[str, str] = {}
+        self._config_revisions: dict[str, str] = {}
 
     @classmethod
     def from_url(
@@ -351,25 +358,51 @@ class RedisStore(Store):
         renew_session: bool = False,
         limits: Sequence[WindowLimit] = (),
     ) -> EntrySnapshot:
-        args: list[str | int] = [queue_id, _flag(renew_session), len(limits)]
+        revision = self._config_revisions.get(event_id, "")
+        args: list[str | int] = [queue_id, _flag(renew_session), revision, len(limits)]
         keys: list[str | bytes] = [*_touch_keys(event_id)]
         for limit in limits:
-            args += [limit.name, limit.amount, limit.window_ms]
+            args += [limit.amount, limit.window_ms]
             keys.append(rate_limit_key(event_id, limit.name, limit.identifier))
         try:
             reply = await self._touch(keys, args)
         except RedisError as error:
             raise _unavailable("touch", error) from error
         if reply[0] == "rate_limited":
-            _, name, amount, remaining, reset_s = reply
-            rejected = WindowOutcome(name, int(amount), int(remaining), int(reset_s), False)
-            raise RateLimited(name, window_headers(rejected))
+            rejected = _window_outcome(limits, reply[1:], allowed=False)
+            raise RateLimited(rejected.name, window_headers(rejected))
         _raise_for_status(reply, event_id)
-        outcome = None
-        if reply[3] is not None:
-            name, amount, remaining, reset_s = reply[3]
-            outcome = WindowOutcome(name, int(amount), int(remaining), int(reset_s), True)
+        await self._fill_config_document(event_id, reply[2][0])
+        outcome = None if reply[3] is None else _window_outcome(limits, reply[3], allowed=True)
         return _entry_snapshot(event_id, reply[1], reply[2], limit=outcome)
+
+    async def _fill_config_document(self, event_id: str, config_reply: list[Any]) -> None:
+        """Put the document into a config reply that left it out, or remember a new one.
+
+        A touch reply leaves the document out when its revision is the one the call named.
+        """
+        document, _, revision = config_reply
+        if document is not None:
+            if revision is not None:
+                if len(self._config_documents) >= CONFIG_DOCUMENTS_MAX:
+                    self._config_documents.clear()
+                    self._config_revisions.clear()
+                self._config_documents[revision] = document
+                self._config_revisions[event_id] = revision
+            return
+
+        known = self._config_documents.get(revision)
+        if known is None:
+            # Dropped from the cache while the call was in flight: read the stored one, which
+            # is this revision or a newer one.
+            try:
+                stored = await self._client.hget(event_keys(event_id).config, "document")
+            except RedisError as error:
+                raise _unavailable("touch", error) from error
+            if stored is None:
+                raise EventNotFound(event_id)
+            known = str(stored)
+        config_reply[0] = known
 
     async def leave(self, event_id: str, queue_id: str) -> EntrySnapshot:
         reply = await self._run("leave", event_id, [queue_id])
@@ -733,6 +766,19 @@ def _touch_keys(event_id: str) -> tuple[bytes, ...]:
     return tuple(name.encode() for name in names)
 
 
+def _window_outcome(
+    limits: Sequence[WindowLimit], reply: list[Any], *, allowed: bool
+) -> WindowOutcome:
+    """Decode touch.lua's {index, remaining, reset_s} of one of `limits` (index from 1)."""
+    index, remaining, reset_s = reply
+    limit = limits[int(index) - 1]
+    return WindowOutcome(limit.name, limit.amount, int(remaining), int(reset_s), allowed)
+
+
+# Entry statuses by their stored word; a dict lookup is cheaper than calling the enum.
+ENTRY_STATUSES = {status.value: status for status in EntryStatus}
+
+
 # Errors
 
 
@@ -785,7 +831,9 @@ def _config_pairs(config: EventConfig) -> list[str]:
 
     Lua scripts read the flat fields; Python reads `document`, so a new EventConfig field needs
     no change here unless a script reads it. Floats use repr, so they read back exactly.
+    `revision` names the document, so a status poll can skip sending a document Python has.
     """
+    document = orjson.dumps(config.to_dict()).decode()
     return [
         "event_id",
         config.event_id,
@@ -817,7 +865,9 @@ def _config_pairs(config: EventConfig) -> list[str]:
         "max_session_s",
         "" if config.max_session_s is None else repr(float(config.max_session_s)),
         "document",
-        orjson.dumps(config.to_dict()).decode(),
+        document,
+        "revision",
+        hashlib.sha256(document.encode()).hexdigest()[:16],
     ]
 
 
@@ -847,7 +897,7 @@ def _config_from_pairs(flat: list[str]) -> EventConfig:
 def _event_snapshot(reply: list[Any]) -> EventSnapshot:
     """Decode common.lua's snapshot_reply."""
     (
-        (document, paused),
+        (document, paused, _),
         now_ms,
         waiting_count,
         admitted_active,
@@ -887,7 +937,7 @@ def _entry_snapshot(
         device_id=fixed["d"],
         user_id=fixed.get("u"),
         bucket=fixed["b"],
-        status=EntryStatus(head["s"]),
+        status=ENTRY_STATUSES[head["s"]],
         joined_at_ms=int(fixed["j"]),
         last_heartbeat_ms=int(last_heartbeat_ms),
         token_id=fixed["t"],
@@ -921,7 +971,7 @@ def _watched_entry(event_id: str, queue_id: str, item: object) -> WatchedEntry:
         device_id=fixed["d"],
         user_id=fixed.get("u"),
         bucket=fixed["b"],
-        status=EntryStatus(head["s"]),
+        status=ENTRY_STATUSES[head["s"]],
         joined_at_ms=int(fixed["j"]),
         last_heartbeat_ms=int(head["h"]),
         token_id=fixed["t"],

@@ -98,10 +98,10 @@ end
 -- Config
 
 -- Config fields every script may read. `document` is the whole config as JSON, which replies
--- carry back for Python to decode.
+-- carry back for Python to decode, and `revision` names the document's version.
 local CONFIG_FIELDS = {'event_id', 'enabled', 'paused', 'max_queue_size', 'max_capacity',
   'release_rate', 'session_ttl_s', 'heartbeat_timeout_s', 'buckets', 'mode', 'opens_at_ms',
-  'closes_at_ms', 'stock', 'max_session_s', 'document'}
+  'closes_at_ms', 'stock', 'max_session_s', 'document', 'revision'}
 
 -- Return the fields of a hash named in `fields` as a table, with nil for a missing one.
 local function hash_fields(key, fields)
@@ -115,17 +115,19 @@ local function hash_fields(key, fields)
   return raw
 end
 
-local function load_config()
-  local raw = hash_fields(K_CONFIG, CONFIG_FIELDS)
-  if not raw.document then
+-- Read the config, or only its `fields` when given (they must include `enabled`); nil when
+-- the event does not exist.
+local function load_config(fields)
+  local raw = hash_fields(K_CONFIG, fields or CONFIG_FIELDS)
+  if not raw.enabled then
     return nil
   end
   return {
     raw = raw,
     enabled = raw.enabled == '1',
     paused = raw.paused == '1',
-    max_queue_size = tonumber(raw.max_queue_size),
-    max_capacity = tonumber(raw.max_capacity),
+    max_queue_size = tonumber(raw.max_queue_size or ''),
+    max_capacity = tonumber(raw.max_capacity or ''),
     release_rate = tonumber(raw.release_rate),
     session_ttl_ms = round_half_even(tonumber(raw.session_ttl_s) * 1000),
     heartbeat_timeout_ms = round_half_even(tonumber(raw.heartbeat_timeout_s) * 1000),
@@ -356,14 +358,14 @@ local function expire_batch(queue_ids, heartbeats, now_ms)
   return #owners
 end
 
--- True when purge would find anything to do: a silent waiting entry, an ended session or a
--- retired entry past its retention.
+-- True when purge would change a position or a count: a waiting entry went silent or a
+-- session ended. Retired entries past their retention change neither, so they wait for the
+-- next full purge.
 local function purge_due(cfg, now_ms)
   local cutoff_ms = now_ms - cfg.heartbeat_timeout_ms
   return #redis.call('ZRANGEBYSCORE', K_HEARTBEATS, '-inf', '(' .. int_str(cutoff_ms),
       'LIMIT', 0, 1) > 0
     or #redis.call('ZRANGEBYSCORE', K_ADMITTED, '-inf', int_str(now_ms), 'LIMIT', 0, 1) > 0
-    or #redis.call('ZRANGEBYSCORE', K_RETIRED, '-inf', int_str(now_ms), 'LIMIT', 0, 1) > 0
 end
 
 -- Expire silent waiting entries and ended sessions, then drop retired entries that are due,
@@ -400,7 +402,18 @@ end
 
 -- Replies
 
--- Return the event snapshot as {{config document, paused '1'|'0'}, now_ms, waiting_count, admitted_active,
+-- Return {document or false, paused '1'|'0', revision or false}. The document is left out when
+-- the caller named this revision as the one it has (cfg.known_revision).
+local function config_reply(cfg)
+  local revision = cfg.raw.revision
+  if revision and revision == cfg.known_revision then
+    return {false, cfg.raw.paused, revision}
+  end
+  local document = cfg.raw.document or redis.call('HGET', K_CONFIG, 'document')
+  return {document, cfg.raw.paused, revision or false}
+end
+
+-- Return the event snapshot as {config_reply, now_ms, waiting_count, admitted_active,
 -- release_credit, observed_rate_per_s or nil, admitted_total, expired_total, left_total}.
 -- Floats travel as strings because Redis truncates Lua numbers in replies to integers.
 local function snapshot_reply(cfg, st, now_ms)
@@ -409,7 +422,7 @@ local function snapshot_reply(cfg, st, now_ms)
     observed = float_str(st.obs_count / st.obs_time_s)
   end
   return {
-    {cfg.raw.document, cfg.raw.paused},
+    config_reply(cfg),
     now_ms,
     redis.call('ZCARD', K_WAITING),
     redis.call('ZCARD', K_ADMITTED),

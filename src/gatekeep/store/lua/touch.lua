@@ -7,29 +7,36 @@
 --   STRING per rate limit: "WINDOW CURRENT PREVIOUS", the index of the window it counts, the
 --   count in that window and the count in the window before.
 -- ARGV[1] queue_id, ARGV[2] renew: '1' to renew an admitted session, '0' otherwise,
--- ARGV[3] number of rate limits, then for each: name, amount, window_ms.
+-- ARGV[3] the config revision the caller has ('' for none), so the reply can leave it out,
+-- ARGV[4] number of rate limits, then for each: amount, window_ms.
+-- A limit is named by its 1-based index in ARGV in replies, {index, remaining, reset_s}.
 -- Returns {'ok', entry reply, snapshot reply, tightest limit or false},
--- {'rate_limited', name, amount, remaining, reset_s} (nothing else changed), or
+-- {'rate_limited', index, remaining, reset_s} (nothing else changed), or
 -- {'entry_not_found'} (also for an unknown event).
 local queue_id = ARGV[1]
 local renew = ARGV[2] == '1'
-local limit_count = tonumber(ARGV[3]) or 0
+local known_revision = ARGV[3]
+local limit_count = tonumber(ARGV[4]) or 0
 local FIRST_LIMIT_KEY = 12
 
 -- The arithmetic of gatekeep.ratewindow.count_window, in the same order, so both stores agree.
--- Returns the outcomes ({name, amount, remaining, reset_s, allowed}) and the counters to write.
+-- Returns the outcomes ({index, remaining, reset_s, allowed}) and the counters to write.
 local function count_limits(now_ms)
   local outcomes = {}
   local writes = {}
+  if limit_count == 0 then
+    return outcomes, writes
+  end
+  local last_key = FIRST_LIMIT_KEY + limit_count - 1
+  local all_stored = redis.call('MGET', unpack(KEYS, FIRST_LIMIT_KEY, last_key))
   for i = 1, limit_count do
     local key = KEYS[FIRST_LIMIT_KEY + i - 1]
-    local name = ARGV[3 * i + 1]
-    local amount = tonumber(ARGV[3 * i + 2])
-    local window_ms = tonumber(ARGV[3 * i + 3])
+    local amount = tonumber(ARGV[2 * i + 3])
+    local window_ms = tonumber(ARGV[2 * i + 4])
 
     local window = math.floor(now_ms / window_ms)
     local left_ms = window_ms - (now_ms - window * window_ms)
-    local stored = redis.call('GET', key)
+    local stored = all_stored[i]
     local stored_window, stored_current, stored_previous = nil, 0, 0
     if stored then
       local w, c, p = string.match(stored, '^(%d+) (%d+) (%d+)$')
@@ -45,7 +52,7 @@ local function count_limits(now_ms)
     local weighted = previous * left_ms / window_ms + current
     if weighted + 1 <= amount then
       local remaining = math.floor(amount - weighted - 1)
-      outcomes[i] = {name, amount, remaining, math.max(1, math.ceil(left_ms / 1000)), true}
+      outcomes[i] = {i, remaining, math.max(1, math.ceil(left_ms / 1000)), true}
       writes[i] = {key, window, current + 1, previous, 2 * window_ms}
     else
       local room = amount - 1 - current
@@ -53,7 +60,7 @@ local function count_limits(now_ms)
       if previous > 0 and room >= 0 then
         wait_ms = left_ms - room * window_ms / previous
       end
-      outcomes[i] = {name, amount, 0, math.max(1, math.ceil(wait_ms / 1000)), false}
+      outcomes[i] = {i, 0, math.max(1, math.ceil(wait_ms / 1000)), false}
     end
   end
   return outcomes, writes
@@ -63,26 +70,29 @@ end
 local function tightest(outcomes)
   local best = nil
   for _, outcome in ipairs(outcomes) do
-    if not outcome[5] then
+    if not outcome[4] then
       return outcome
     end
-    if not best or outcome[3] < best[3] then
+    if not best or outcome[2] < best[2] then
       best = outcome
     end
   end
   return best
 end
 
-local cfg = load_config()
+-- The config fields a poll reads; the document is read only when the caller lacks it.
+local cfg = load_config({'enabled', 'paused', 'release_rate', 'session_ttl_s',
+  'heartbeat_timeout_s', 'closes_at_ms', 'stock', 'max_session_s', 'revision'})
 if not cfg then
   return {'entry_not_found'}
 end
+cfg.known_revision = known_revision
 
 local now_ms = clock_ms()
 local outcomes, limit_writes = count_limits(now_ms)
 local limit = tightest(outcomes)
-if limit and not limit[5] then
-  return {'rate_limited', limit[1], limit[2], limit[3], limit[4]}
+if limit and not limit[4] then
+  return {'rate_limited', limit[1], limit[2], limit[3]}
 end
 
 -- Writes the counters of the limits the call was counted against; call it once, last.
@@ -97,7 +107,7 @@ local function limit_reply()
   if not limit then
     return false
   end
-  return {limit[1], limit[2], limit[3], limit[4]}
+  return {limit[1], limit[2], limit[3]}
 end
 
 local st = load_state(now_ms)
