@@ -148,7 +148,7 @@ end
 -- State
 
 local STATE_FIELDS = {'credit', 'last_ms', 'obs_count', 'obs_time_s', 'admitted_total',
-  'expired_total', 'left_total'}
+  'expired_total', 'left_total', 'ttl_refreshed_ms'}
 
 -- Read the state hash. A missing hash means a brand-new event with no credit, settled at now.
 local function load_state(now_ms)
@@ -161,6 +161,7 @@ local function load_state(now_ms)
     admitted_total = tonumber(raw.admitted_total) or 0,
     expired_total = tonumber(raw.expired_total) or 0,
     left_total = tonumber(raw.left_total) or 0,
+    ttl_refreshed_ms = tonumber(raw.ttl_refreshed_ms) or 0,
     dirty = raw.last_ms == nil,
   }
 end
@@ -207,24 +208,26 @@ end
 -- Give every non-config key the event's lifetime.
 -- NOTE: an event that no script touches for that long loses its totals and sequence counter
 -- too. That is harmless only while the release loop keeps calling every event.
+-- The state hash records when, so a poll can tell that the TTLs are fresh without a PTTL.
 local function refresh_ttl(cfg)
   local ttl_ms = event_ttl_ms(cfg)
+  redis.call('HSET', K_STATE, 'ttl_refreshed_ms', int_str(clock_ms()))
   for i = 2, #KEYS do
     redis.call('PEXPIRE', KEYS[i], ttl_ms)
   end
 end
 
--- True while the state key's TTL is within TTL_REFRESH_SLACK_MS of the event's lifetime.
--- Every key got the same TTL at the last full refresh, so then each still lives at least the
--- lifetime minus the slack, which is far less than ENTRY_RETENTION_MS.
-local function ttl_is_fresh(cfg)
-  return redis.call('PTTL', K_STATE) >= event_ttl_ms(cfg) - TTL_REFRESH_SLACK_MS
+-- True while the last full refresh is less than TTL_REFRESH_SLACK_MS old. Every key got the
+-- same TTL then, so each still lives at least the event's lifetime minus the slack, which is
+-- far less than ENTRY_RETENTION_MS.
+local function ttl_is_fresh(st, now_ms)
+  return now_ms - st.ttl_refreshed_ms < TTL_REFRESH_SLACK_MS
 end
 
 -- Refresh the TTLs once they ran down by more than the slack, for scripts that created no key
 -- and wrote only heartbeats or session expiries.
-local function refresh_ttl_if_stale(cfg)
-  if not ttl_is_fresh(cfg) then
+local function refresh_ttl_if_stale(cfg, st, now_ms)
+  if not ttl_is_fresh(st, now_ms) then
     refresh_ttl(cfg)
   end
 end

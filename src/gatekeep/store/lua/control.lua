@@ -97,10 +97,8 @@ end
 
 -- Config fields of the controller and the control hash
 
--- Read the controller's config fields into `cfg` and return the control hash as a table, or
--- only its `fields` when given. A stock value that differs from the one last applied replaces
--- the remaining stock.
-local function load_control(cfg, fields)
+-- Read the controller's config fields into `cfg`.
+local function load_controller_config(cfg)
   local raw = cfg.raw
   cfg.event_id = raw.event_id
   cfg.mode = raw.mode or 'fifo'
@@ -108,7 +106,14 @@ local function load_control(cfg, fields)
   cfg.closes_at_ms = tonumber(raw.closes_at_ms or '')
   local max_session_s = tonumber(raw.max_session_s or '')
   cfg.max_session_ms = max_session_s and round_half_even(max_session_s * 1000)
+end
 
+-- Read the controller's config fields into `cfg` and return the control hash as a table, or
+-- only its `fields` when given. A stock value that differs from the one last applied replaces
+-- the remaining stock.
+local function load_control(cfg, fields)
+  load_controller_config(cfg)
+  local raw = cfg.raw
   local ctl
   if fields then
     ctl = hash_fields(K_CONTROL, fields)

@@ -111,8 +111,14 @@ local function limit_reply()
 end
 
 local st = load_state(now_ms)
--- ending_status reads the stock only.
-local ctl = load_control(cfg, {'stock_config', 'stock_left'})
+-- ending_status reads the stock only. Without stock in the config nothing is sold out, so the
+-- control hash is not read (the release step applies a removed stock to it).
+local ctl = {}
+if (cfg.raw.stock or '') == '' then
+  load_controller_config(cfg)
+else
+  ctl = load_control(cfg, {'stock_config', 'stock_left'})
+end
 local raw = redis.call('HGET', K_ENTRIES, queue_id)
 
 -- The common case first: a waiting entry polls while the event runs and nothing else is due
@@ -120,7 +126,7 @@ local raw = redis.call('HGET', K_ENTRIES, queue_id)
 -- the heartbeat and the limit counters, and the rest of the script is never reached.
 if raw and entry_status(raw) == 'waiting' and not st.dirty and not ctl.written
     and not ending_status(cfg, ctl, now_ms) and not purge_due(cfg, now_ms)
-    and ttl_is_fresh(cfg) then
+    and ttl_is_fresh(st, now_ms) then
   redis.call('ZADD', K_HEARTBEATS, 'XX', int_str(now_ms), queue_id)
   local rank = redis.call('ZRANK', K_WAITING, queue_id)
   if rank then
@@ -160,7 +166,7 @@ end
 if st.dirty or created_keys then
   finish(cfg, st)
 else
-  refresh_ttl_if_stale(cfg)
+  refresh_ttl_if_stale(cfg, st, now_ms)
 end
 if ctl.written or created_keys then
   refresh_control_ttl()
