@@ -316,6 +316,10 @@ class RequestLimiter:
         self.store = store
         # event id -> (monotonic expiry s, the event's rate_limits); a missing event caches ().
         self._overrides: dict[str, tuple[float, tuple[tuple[str, str], ...]]] = {}
+        # (kind, overrides) -> the parsed limits of a status or heartbeat call.
+        self._entry_specs: dict[
+            tuple[str, tuple[tuple[str, str], ...]], tuple[tuple[str, str, int, int], ...]
+        ] = {}
 
     def client_ip(self, scope: Scope) -> str:
         client = scope.get("client")
@@ -331,23 +335,40 @@ class RequestLimiter:
         overrides are read at most once per second per event.
         """
         overrides = await self._event_overrides(event_id)
-        table = {**self.limiter.table, **dict(overrides)} if overrides else self.limiter.table
-        limits = []
-        for dimension, value in (("ip", self.client_ip(scope)), ("device", queue_id)):
+        specs = self._entry_specs.get((kind, overrides))
+        if specs is None:
+            specs = self._entry_limit_specs(kind, overrides)
+        counted = {"ip": self.client_ip(scope), "device": queue_id}
+        return [
+            WindowLimit(name, amount, window_ms, _identifier(f"{event_id}|{counted[dimension]}"))
+            for dimension, name, amount, window_ms in specs
+        ]
+
+    def _entry_limit_specs(
+        self, kind: str, overrides: tuple[tuple[str, str], ...]
+    ) -> tuple[tuple[str, str, int, int], ...]:
+        """Return (dimension, name, amount, window_ms) of each limit of an entry call, and
+        remember them for these overrides."""
+        table = {**self.limiter.table, **dict(overrides)}
+        specs = []
+        for dimension in ("ip", "device"):
             name = f"{kind}.{dimension}"
             text = table.get(name, OFF)
-            if text == OFF:
-                continue
-            item = _parsed_limit(text)
-            window_ms = item.get_expiry() * 1000
-            identifier = _identifier(f"{event_id}|{value}")
-            limits.append(WindowLimit(name, item.amount, window_ms, identifier))
-        return limits
+            if text != OFF:
+                item = _parsed_limit(text)
+                specs.append((dimension, name, item.amount, item.get_expiry() * 1000))
+        if len(self._entry_specs) >= OVERRIDE_CACHE_MAX:
+            self._entry_specs.clear()
+        self._entry_specs[(kind, overrides)] = tuple(specs)
+        return tuple(specs)
 
     def remember(self, scope: Scope, outcome: WindowOutcome | None) -> None:
-        """Keep the `RateLimit-*` headers of an entry call's tightest limit for its response."""
+        """Keep the `RateLimit-*` headers of an entry call's tightest limit for its response,
+        encoded for ASGI."""
         if outcome is not None:
-            scope.setdefault("state", {})[SCOPE_STATE_KEY] = window_headers(outcome)
+            headers = window_headers(outcome)
+            encoded = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+            scope.setdefault("state", {})[SCOPE_STATE_KEY] = encoded
 
     async def check(
         self,
@@ -390,15 +411,18 @@ def rate_limit_headers(
     """Return the `RateLimit-*` headers a request's last limit check left in its scope.
 
     The response middleware adds them, so error responses carry them too. A header the
-    handler already set is not repeated.
+    handler already set is not repeated. The scope holds them as a dict of names and values,
+    or already encoded (see RequestLimiter.remember).
     """
-    headers: dict[str, str] = scope.get("state", {}).get(SCOPE_STATE_KEY, {})
+    stored: dict[str, str] | list[tuple[bytes, bytes]] = scope.get("state", {}).get(
+        SCOPE_STATE_KEY, []
+    )
+    if not stored:
+        return []
+    if isinstance(stored, dict):
+        stored = [(name.lower().encode(), value.encode()) for name, value in stored.items()]
     names = {name.lower() for name, _ in present}
-    return [
-        (name.lower().encode(), value.encode())
-        for name, value in headers.items()
-        if name.lower().encode() not in names
-    ]
+    return [(name, value) for name, value in stored if name not in names]
 
 
 def request_limiter(request: Request) -> RequestLimiter:

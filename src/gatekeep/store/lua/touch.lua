@@ -53,7 +53,7 @@ local function count_limits(now_ms)
     if weighted + 1 <= amount then
       local remaining = math.floor(amount - weighted - 1)
       outcomes[i] = {i, remaining, math.max(1, math.ceil(left_ms / 1000)), true}
-      writes[i] = {key, window, current + 1, previous, 2 * window_ms}
+      writes[i] = {key, window, current + 1, previous, 2 * window_ms, stored_window == window}
     else
       local room = amount - 1 - current
       local wait_ms = left_ms
@@ -98,8 +98,13 @@ end
 -- Writes the counters of the limits the call was counted against; call it once, last.
 local function write_limits()
   for _, write in pairs(limit_writes) do
-    local counters = int_str(write[2]) .. ' ' .. int_str(write[3]) .. ' ' .. int_str(write[4])
-    redis.call('SET', write[1], counters, 'PX', write[5])
+    -- The values are small integers, which concatenation writes without an exponent.
+    local counters = write[2] .. ' ' .. write[3] .. ' ' .. write[4]
+    if write[6] then
+      redis.call('SET', write[1], counters, 'KEEPTTL')  -- set with PX when the window began
+    else
+      redis.call('SET', write[1], counters, 'PX', write[5])
+    end
   end
 end
 
