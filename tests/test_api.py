@@ -305,6 +305,20 @@ async def test_bad_ids_in_path_400(service: Service) -> None:
     assert_error(heartbeat_body, 400, "invalid_input")
 
 
+async def test_wrong_method_405_names_allowed_methods(service: Service) -> None:
+    async with service.client() as client:
+        await put_event(client, "ev")
+        queue_id = (await client.post("/v1/events/ev/join", json={"device_id": "d1"})).json()[
+            "queue_id"
+        ]
+        wrong = await client.put(f"/v1/queue/{queue_id}")
+        null_body = await client.post(f"/v1/queue/{queue_id}/heartbeat", content=b"null")
+
+    assert_error(wrong, 405, "method_not_allowed")
+    assert {"GET", "DELETE"} <= {method.strip() for method in wrong.headers["allow"].split(",")}
+    assert "got a JSON null" in assert_error(null_body, 400, "invalid_input")["message"]
+
+
 async def test_priority_grant_puts_join_ahead(service: Service) -> None:
     grant = jwt.encode(
         {"event_id": "ev", "bucket": "vip", "exp": int(time.time()) + 60},

@@ -24,13 +24,13 @@ def count_calls(stored: WindowCount | None, now_ms: int, calls: int) -> list[Win
     return outcomes
 
 
-def test_allows_amount_then_rejects_until_window_ends() -> None:
+def test_allows_amount_then_rejects_into_next_window() -> None:
     outcomes = count_calls(None, now_ms=120_000 + 20_000, calls=4)
 
     assert [outcome.allowed for outcome in outcomes] == [True, True, True, False]
     assert [outcome.remaining for outcome in outcomes] == [2, 1, 0, 0]
-    # A full current window frees room only when the window ends, 40 s later.
-    assert outcomes[3].reset_s == 40
+    # The window ends 40 s later, and its 3 calls then weigh 2 after another third of a minute.
+    assert outcomes[3].reset_s == 60
 
 
 def test_previous_window_counts_by_its_overlap() -> None:
@@ -80,3 +80,16 @@ def test_headers_carry_retry_after_only_when_rejected() -> None:
     assert allowed == {"RateLimit-Limit": "3", "RateLimit-Remaining": "1", "RateLimit-Reset": "30"}
     assert rejected["Retry-After"] == "12"
     assert rejected["RateLimit-Remaining"] == "0"
+
+
+def test_retry_after_is_enough_to_be_allowed() -> None:
+    # Reject at 140 s, then call again after the advertised wait: the call is allowed.
+    stored = WindowCount(window=2, current=3, previous=2)
+    rejected, _ = count_window(LIMIT, stored, now_ms=140_000)
+
+    retried, _ = count_window(LIMIT, stored, now_ms=140_000 + rejected.reset_s * 1000)
+    too_early, _ = count_window(LIMIT, stored, now_ms=140_000 + rejected.reset_s * 1000 - 2000)
+
+    assert not rejected.allowed
+    assert retried.allowed
+    assert not too_early.allowed

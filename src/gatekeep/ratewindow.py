@@ -54,7 +54,8 @@ def count_window(
     """Weigh one call against `limit`; return the outcome and the counters if it is counted.
 
     `reset_s` is, for an allowed call, the seconds until the current window ends, and for a
-    rejected one the seconds until the weighted count leaves room for one more call.
+    rejected one the seconds until the weighted count leaves room for one more call, if no
+    call is counted meanwhile.
     """
     window = now_ms // limit.window_ms
     left_ms = limit.window_ms - (now_ms - window * limit.window_ms)
@@ -71,11 +72,15 @@ def count_window(
         outcome = WindowOutcome(limit.name, limit.amount, remaining, _ceil_s(left_ms), True)
         return outcome, WindowCount(window, current + 1, previous)
 
-    # The previous window's share shrinks as time passes; the current count does not.
+    # Within this window only the previous window's share shrinks. When the current count
+    # alone leaves no room, room comes in the next window, as that count's share shrinks.
     room = limit.amount - 1 - current
-    wait_ms: float = left_ms
-    if previous > 0 and room >= 0:
+    if room >= 0:
         wait_ms = left_ms - room * limit.window_ms / previous
+    elif current > 0:
+        wait_ms = left_ms + limit.window_ms * (1 - (limit.amount - 1) / current)
+    else:
+        wait_ms = left_ms + limit.window_ms  # an amount below 1 never leaves room
     outcome = WindowOutcome(limit.name, limit.amount, 0, _ceil_s(wait_ms), False)
     return outcome, WindowCount(window, current, previous)
 

@@ -173,7 +173,17 @@ async def handle_gatekeep_error(request: Request, error: Exception) -> Response:
 async def handle_http_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, HTTPException)
     if error.status_code == 405:
-        return error_response(MethodNotAllowed(f"method {request.method} is not allowed here"))
+        # A 405 answer must name the allowed methods. Starlette names only those of the first
+        # route whose path matched, so every route with this path counts here.
+        methods = sorted(
+            method
+            for route in request.app.router.routes
+            if isinstance(route, Route) and route.path_regex.match(request.scope["path"])
+            for method in route.methods or ()
+        )
+        allow = {"Allow": ", ".join(methods)} if methods else dict(error.headers or {})
+        message = f"method {request.method} is not allowed here"
+        return error_response(MethodNotAllowed(message, headers=allow))
     if error.status_code == 404:
         return error_response(NotFoundError("no such route; see the API reference in the README"))
     generic = GatekeepError(str(error.detail))

@@ -87,8 +87,19 @@ async def receive_json_object(
     except orjson.JSONDecodeError as error:
         raise InvalidInput("body", f"malformed JSON ({error.msg} at byte {error.pos})") from None
     if not isinstance(document, dict):
-        raise InvalidInput("body", f"expected a JSON object, got a JSON {type(document).__name__}")
+        raise InvalidInput("body", f"expected a JSON object, got a JSON {_json_kind(document)}")
     return document
+
+
+def _json_kind(value: object) -> str:
+    """Return the JSON name of a decoded value's kind: array, string, number, boolean or null."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return "string" if isinstance(value, str) else "array"
 
 
 def reject_unknown_fields(document: dict[str, Any], allowed: frozenset[str]) -> None:

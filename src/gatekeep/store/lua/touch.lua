@@ -56,9 +56,13 @@ local function count_limits(now_ms)
       writes[i] = {key, window, current + 1, previous, 2 * window_ms, stored_window == window}
     else
       local room = amount - 1 - current
-      local wait_ms = left_ms
-      if previous > 0 and room >= 0 then
+      local wait_ms
+      if room >= 0 then
         wait_ms = left_ms - room * window_ms / previous
+      elseif current > 0 then
+        wait_ms = left_ms + window_ms * (1 - (amount - 1) / current)
+      else
+        wait_ms = left_ms + window_ms
       end
       outcomes[i] = {i, 0, math.max(1, math.ceil(wait_ms / 1000)), false}
     end
