@@ -1,8 +1,8 @@
 """Sliding-window counters that the store counts inside a status or heartbeat call.
 
 A status poll or heartbeat is the busiest call of the service, so its rate limits are counted
-by the same atomic store call that reads the entry: one round trip in all, where the `limits`
-library needs two per limit. The algorithm is the sliding-window counter that `limits` also
+by the same atomic store call that reads the entry. That is one round trip in all, where the
+`limits` library needs two per limit. The algorithm is the sliding-window counter that `limits` also
 uses: the count of the current fixed window plus the previous window's count, weighted by the
 share of the previous window that still overlaps the sliding one.
 

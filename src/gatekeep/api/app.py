@@ -173,8 +173,8 @@ async def handle_gatekeep_error(request: Request, error: Exception) -> Response:
 async def handle_http_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, HTTPException)
     if error.status_code == 405:
-        # A 405 answer must name the allowed methods. Starlette names only those of the first
-        # route whose path matched, so every route with this path counts here.
+        # A 405 response must name the allowed methods. Starlette names only those of the
+        # first route whose path matched, so every route with this path counts here.
         methods = sorted(
             method
             for route in request.app.router.routes
