@@ -65,7 +65,8 @@ async def test_one_failing_call_fails_alone(redis_url: str) -> None:
     finally:
         await client.aclose()
 
-    assert replies[0] == "a" and replies[2] == "c"
+    assert replies[0] == "a"
+    assert replies[2] == "c"
     assert isinstance(replies[1], ResponseError)
 
 
@@ -120,9 +121,12 @@ def test_prune_keeps_what_the_code_reaches() -> None:
 
     pruned = prune_prelude(prelude, "return two(1)")
 
-    assert "local function one" in pruned and "-- Adds one." in pruned
-    assert "local function two" in pruned and "local LIMIT" in pruned
-    assert "unused" not in pruned and "TABLE" not in pruned
+    assert "local function one" in pruned
+    assert "-- Adds one." in pruned
+    assert "local function two" in pruned
+    assert "local LIMIT" in pruned
+    assert "unused" not in pruned
+    assert "TABLE" not in pruned
     assert "redis.setresp(2)" in pruned  # statements that define nothing always stay
 
 

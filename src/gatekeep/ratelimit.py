@@ -363,12 +363,9 @@ class RequestLimiter:
         return tuple(specs)
 
     def remember(self, scope: Scope, outcome: WindowOutcome | None) -> None:
-        """Keep the `RateLimit-*` headers of an entry call's tightest limit for its response,
-        encoded for ASGI."""
+        """Keep the `RateLimit-*` headers of an entry call's tightest limit for its response."""
         if outcome is not None:
-            headers = window_headers(outcome)
-            encoded = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
-            scope.setdefault("state", {})[SCOPE_STATE_KEY] = encoded
+            _keep_headers(scope, window_headers(outcome))
 
     async def check(
         self,
@@ -389,7 +386,7 @@ class RequestLimiter:
         identities = {"ip": ip, "device": device, "user": user, "key": key}
         headers = await self.limiter.check(kind, identities, scope_id=event_id, overrides=overrides)
         if headers:
-            request.scope.setdefault("state", {})[SCOPE_STATE_KEY] = headers
+            _keep_headers(request.scope, headers)
         return headers
 
     async def _event_overrides(self, event_id: str) -> tuple[tuple[str, str], ...]:
@@ -411,18 +408,19 @@ def rate_limit_headers(
     """Return the `RateLimit-*` headers a request's last limit check left in its scope.
 
     The response middleware adds them, so error responses carry them too. A header the
-    handler already set is not repeated. The scope holds them as a dict of names and values,
-    or already encoded (see RequestLimiter.remember).
+    handler already set is not repeated.
     """
-    stored: dict[str, str] | list[tuple[bytes, bytes]] = scope.get("state", {}).get(
-        SCOPE_STATE_KEY, []
-    )
-    if not stored:
+    kept: list[tuple[bytes, bytes]] = scope.get("state", {}).get(SCOPE_STATE_KEY, [])
+    if not kept:
         return []
-    if isinstance(stored, dict):
-        stored = [(name.lower().encode(), value.encode()) for name, value in stored.items()]
     names = {name.lower() for name, _ in present}
-    return [(name, value) for name, value in stored if name not in names]
+    return [(name, value) for name, value in kept if name not in names]
+
+
+def _keep_headers(scope: Scope, headers: Mapping[str, str]) -> None:
+    """Keep a limit check's `RateLimit-*` headers in the scope, encoded for ASGI."""
+    encoded = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+    scope.setdefault("state", {})[SCOPE_STATE_KEY] = encoded
 
 
 def request_limiter(request: Request) -> RequestLimiter:

@@ -7,7 +7,7 @@ uses: the count of the current fixed window plus the previous window's count, we
 share of the previous window that still overlaps the sliding one.
 
 `count_window` is the reference. The embedded store calls it, and the Redis store's
-`touch.lua` repeats the same arithmetic in the same order, so both stores give the same answer.
+`touch.lua` repeats the same arithmetic in the same order, so both stores give the same result.
 Rejected calls count against no limit, and a call is counted against all its limits or none.
 """
 

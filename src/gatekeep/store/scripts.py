@@ -2,9 +2,9 @@
 
 Each operation's script is the tuning constants, the shared prelude (`common.lua`, then
 `control.lua`) and the operation's own code. Redis runs the whole chunk on every call, and
-each function definition it passes costs time (a closure is built), even when the operation
-never calls it: before pruning, defining the prelude took about 16 of the 40 µs of a status
-poll's script, measured with INFO commandstats. So the prelude is pruned per script: a
+each function definition it passes builds a closure, even when the operation never calls it.
+Before pruning, defining the prelude took about 16 of the 40 µs of a status poll's script,
+measured with INFO commandstats. So the prelude is pruned per script: a
 top-level definition is kept only when the operation's code needs it, directly or through
 other kept definitions. Any top-level statement that defines nothing is always kept.
 """
