@@ -506,6 +506,69 @@ async def test_touch_limits_are_per_event_key(store: Store) -> None:
     assert second.limit.remaining == 0
 
 
+async def test_concurrent_touches_count_in_call_order(store: Store) -> None:
+    await make_event(store)
+    await make_event(store, "ev2")
+    first = (await join_many(store, "ev1", 1))[0]
+    other = (await join_many(store, "ev2", 1))[0]
+    limit = window_limit("status.device", 3, "same-identifier")
+
+    results = await asyncio.gather(
+        *(store.touch("ev1", first, limits=[limit]) for _ in range(5)),
+        store.touch("ev2", other, limits=[limit]),
+        return_exceptions=True,
+    )
+
+    counted = [result for result in results[:3] if not isinstance(result, BaseException)]
+    assert [snapshot.limit.remaining for snapshot in counted if snapshot.limit] == [2, 1, 0]
+    assert all(isinstance(result, RateLimited) for result in results[3:5])
+    other_event = results[5]
+    assert not isinstance(other_event, BaseException)
+    assert other_event.limit is not None
+    assert other_event.limit.remaining == 2  # the other event counts under its own key
+
+
+async def test_concurrent_touches_of_entries_in_every_state(store: Store) -> None:
+    await make_event(store, release_rate=1000)
+    queue_ids = await join_many(store, "ev1", 4)
+    await asyncio.sleep(0.05)
+    admitted = (await store.release("ev1", 1)).admitted_queue_ids
+
+    results = await asyncio.gather(
+        store.touch("ev1", queue_ids[3]),
+        store.touch("ev1", queue_ids[0]),
+        store.touch("ev1", new_queue_id("ev1")),
+        store.touch("ev1", queue_ids[1]),
+        return_exceptions=True,
+    )
+
+    assert admitted == [queue_ids[0]]
+    last, first, missing, second = results
+    assert not isinstance(last, BaseException)
+    assert last.position == 3
+    assert not isinstance(first, BaseException)
+    assert first.entry.status == EntryStatus.ADMITTED
+    assert first.position is None
+    assert isinstance(missing, EntryNotFound)
+    assert not isinstance(second, BaseException)
+    assert second.position == 1
+
+
+async def test_concurrent_touches_see_a_purge_by_an_earlier_one(store: Store) -> None:
+    await make_event(store, heartbeat_timeout_s=1)
+    silent, middle, last = await join_many(store, "ev1", 3)
+    for _ in range(6):
+        await asyncio.sleep(0.25)
+        await store.touch("ev1", middle)
+        await store.touch("ev1", last)
+
+    # The first call expires the silent entry; the second must see the queue without it.
+    results = await asyncio.gather(store.touch("ev1", last), store.touch("ev1", middle))
+
+    assert [snapshot.position for snapshot in results] == [2, 1]
+    assert (await store.inspect_entry("ev1", silent)).entry.status == EntryStatus.EXPIRED
+
+
 async def test_touch_sees_config_changes(store: Store) -> None:
     await make_event(store, release_rate=2.0)
     queue_id = (await join_many(store, "ev1", 1))[0]

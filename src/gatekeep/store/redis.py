@@ -165,7 +165,8 @@ class RedisStore(Store):
         self._scripts.update(
             (name, client.register_script(ops_script_source(name))) for name in OPS_SCRIPT_NAMES
         )
-        # Status polls and heartbeats, the bulk of all calls, share pipelines (see pipeline.py).
+        # Status polls and heartbeats, the bulk of all calls, run in batches per event (see
+        # pipeline.py).
         self._touch = ScriptBatcher(client, self._scripts["touch"])
         # Config documents by revision, and each event's latest revision, from touch replies.
         self._config_documents: dict[str, str] = {}
@@ -359,13 +360,13 @@ class RedisStore(Store):
         limits: Sequence[WindowLimit] = (),
     ) -> EntrySnapshot:
         revision = self._config_revisions.get(event_id, "")
-        args: list[str | int] = [queue_id, _flag(renew_session), revision, len(limits)]
-        keys: list[str | bytes] = [*_touch_keys(event_id)]
+        args: list[str | int] = [queue_id, _flag(renew_session)]
+        keys: list[str] = []
         for limit in limits:
             args += [limit.amount, limit.window_ms]
             keys.append(rate_limit_key(event_id, limit.name, limit.identifier))
         try:
-            reply = await self._touch(keys, args)
+            reply = await self._touch(event_id, _touch_keys(event_id), [revision], keys, args)
         except RedisError as error:
             raise _unavailable("touch", error) from error
         if reply[0] == "rate_limited":

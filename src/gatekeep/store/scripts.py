@@ -58,27 +58,10 @@ def lua_constants() -> str:
     )
 
 
-# A line of an operation's code where the rest of the prelude goes. Code above it gets only
-# the definitions it needs, so a fast path that returns early never pays for the others.
-REST_OF_PRELUDE = "-- gatekeep: rest of the prelude"
-
-
 def assemble(code: str) -> str:
-    """Return a runnable script: the prelude pruned to what `code` needs, then `code`.
-
-    When `code` contains the REST_OF_PRELUDE line, the code above it comes right after the
-    definitions it needs, and the definitions that only the code below needs go at that line.
-    """
+    """Return a runnable script: the prelude pruned to what `code` needs, then `code`."""
     prelude = "\n".join([lua_constants(), _lua_file("common"), _lua_file("control")])
-    blocks = _split_blocks(prelude)
-    head, marker, tail = code.partition(REST_OF_PRELUDE)
-    if not marker:
-        return f"{_prune(blocks, code, set())}\n{code}"
-
-    emitted: set[str] = set()
-    first = _prune(blocks, head, emitted)
-    rest = _prune(blocks, tail, emitted, statements=False)
-    return f"{first}\n{head}{marker}\n{rest}\n{tail}"
+    return f"{prune_prelude(prelude, code)}\n{code}"
 
 
 def script_source(name: str) -> str:
@@ -105,35 +88,22 @@ def ops_script_source(name: str) -> str:
 
 def prune_prelude(prelude: str, code: str) -> str:
     """Return the statements of `prelude` that `code` needs (see the module docstring)."""
-    return _prune(_split_blocks(prelude), code, set())
-
-
-def _prune(blocks: list[_Block], code: str, emitted: set[str], *, statements: bool = True) -> str:
-    """Return the blocks that `code` reaches and that are not in `emitted`, then add them.
-
-    Statements that define nothing are returned too when `statements` is set.
-    """
+    blocks = _split_blocks(prelude)
     definitions = {block.defines: block for block in blocks if block.defines is not None}
     pending = [name for name in _identifiers(code) if name in definitions]
-    if statements:
-        for block in blocks:
-            if block.defines is None:
-                pending.extend(name for name in block.uses if name in definitions)
+    for block in blocks:
+        if block.defines is None:
+            pending.extend(name for name in block.uses if name in definitions)
 
     needed: set[str] = set()
     while pending:
         name = pending.pop()
-        if name in needed or name in emitted:
+        if name in needed:
             continue
         needed.add(name)
         pending.extend(used for used in definitions[name].uses if used in definitions)
 
-    emitted |= needed
-    kept = [
-        block.text
-        for block in blocks
-        if (block.defines is None and statements) or block.defines in needed
-    ]
+    kept = [block.text for block in blocks if block.defines is None or block.defines in needed]
     return "\n".join(kept)
 
 

@@ -95,6 +95,36 @@ local function fetch_in_chunks(command, key, items)
   return values
 end
 
+-- Batched scripts (store/pipeline.py): return the shared arguments and the calls, each as
+-- {keys = {...}, args = {...}}, read from the batch layout of KEYS and ARGV.
+local function batch_calls()
+  local shared_key_count = tonumber(ARGV[1])
+  local shared_arg_count = tonumber(ARGV[2])
+  local shared = {}
+  for i = 1, shared_arg_count do
+    shared[i] = ARGV[2 + i]
+  end
+
+  local calls = {}
+  local next_key = shared_key_count + 1
+  local next_arg = 3 + shared_arg_count
+  while next_arg <= #ARGV do
+    local key_count = tonumber(ARGV[next_arg])
+    local arg_count = tonumber(ARGV[next_arg + 1])
+    local call = {keys = {}, args = {}}
+    for i = 1, key_count do
+      call.keys[i] = KEYS[next_key + i - 1]
+    end
+    for i = 1, arg_count do
+      call.args[i] = ARGV[next_arg + 1 + i]
+    end
+    calls[#calls + 1] = call
+    next_key = next_key + key_count
+    next_arg = next_arg + 2 + arg_count
+  end
+  return shared, calls
+end
+
 -- Config
 
 -- Config fields every script may read. `document` is the whole config as JSON, which replies

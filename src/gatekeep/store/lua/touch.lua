@@ -1,59 +1,89 @@
--- touch: count the call against its rate limits, then return an entry and, when it is waiting,
--- record this call as its heartbeat. A waiting entry of an event that closed or sold out ends
--- with that status instead. With ARGV[2] = '1', an admitted session is renewed: its expiry
--- moves to now + session_ttl_s, but never past admitted_at + max_session_s, and never earlier
--- than it was.
--- KEYS: the eight event keys described in common.lua, the three of control.lua, then one
---   STRING per rate limit: "WINDOW CURRENT PREVIOUS", the index of the window it counts, the
---   count in that window and the count in the window before.
--- ARGV[1] queue_id, ARGV[2] renew: '1' to renew an admitted session, '0' otherwise,
--- ARGV[3] the config revision the caller has ('' for none), so the reply can leave it out,
--- ARGV[4] number of rate limits, then for each: amount, window_ms.
--- A limit is named by its 1-based index in ARGV in replies, {index, remaining, reset_s}.
--- Returns {'ok', entry reply, snapshot reply, tightest limit or false},
+-- touch: a batch of status polls and heartbeats of one event, in the batch layout of
+-- store/pipeline.py. Each call counts against its rate limits, then returns its entry and,
+-- when the entry is waiting, records the call as its heartbeat. A waiting entry of an event
+-- that closed or sold out ends with that status instead. With renew = '1', an admitted session
+-- is renewed: its expiry moves to now + session_ttl_s, but never past admitted_at +
+-- max_session_s, and never earlier than it was.
+--
+-- Shared KEYS: the eight event keys described in common.lua, then the three of control.lua.
+-- Shared ARGV: the config revision the caller has ('' for none), so replies can leave it out.
+-- Each call's own KEYS: one STRING per rate limit, "WINDOW CURRENT PREVIOUS": the index of the
+--   window it counts, the count in that window and the count in the window before.
+-- Each call's own ARGV: queue_id, renew ('1' or '0'), then amount and window_ms per limit.
+-- A limit is named by its 1-based index among the call's limits.
+--
+-- The calls run in order at one clock reading; each reads the writes of the calls before it.
+-- Replies, one per call: {'ok', entry reply, snapshot reply, tightest limit or false},
 -- {'rate_limited', index, remaining, reset_s} (nothing else changed), or
 -- {'entry_not_found'} (also for an unknown event).
-local queue_id = ARGV[1]
-local renew = ARGV[2] == '1'
-local known_revision = ARGV[3]
-local limit_count = tonumber(ARGV[4]) or 0
-local FIRST_LIMIT_KEY = 12
+local shared, calls = batch_calls()
+
+-- The config fields a poll reads; the document is read only when the caller lacks it.
+local cfg = load_config({'enabled', 'paused', 'release_rate', 'session_ttl_s',
+  'heartbeat_timeout_s', 'closes_at_ms', 'stock', 'max_session_s', 'revision'})
+if not cfg then
+  local replies = {}
+  for i = 1, #calls do
+    replies[i] = {'entry_not_found'}
+  end
+  return replies
+end
+cfg.known_revision = shared[1]
+local now_ms = clock_ms()
+
+-- Rate limits
+
+-- The counters of every limit key of the batch, read with one MGET and written once at the
+-- end: key -> {window, current, previous, px_ms, changed}. px_ms is set when the stored
+-- counters are of an older window, so the write starts the key's lifetime again; otherwise
+-- the write keeps it. Only changed counters are written.
+local counters = {}
+
+local function read_counters()
+  local keys = {}
+  for _, call in ipairs(calls) do
+    for _, key in ipairs(call.keys) do
+      keys[#keys + 1] = key
+    end
+  end
+  if #keys == 0 then
+    return
+  end
+  local stored = redis.call('MGET', unpack(keys))
+  for i, key in ipairs(keys) do
+    if not counters[key] then
+      local window, current, previous = nil, 0, 0
+      if stored[i] then
+        local w, c, p = string.match(stored[i], '^(%d+) (%d+) (%d+)$')
+        window, current, previous = tonumber(w), tonumber(c), tonumber(p)
+      end
+      counters[key] = {window, current, previous, false, false}
+    end
+  end
+end
 
 -- The arithmetic of gatekeep.ratewindow.count_window, in the same order, so both stores agree.
--- Returns the outcomes ({index, remaining, reset_s, allowed}) and the counters to write.
-local function count_limits(now_ms)
+-- Returns the outcomes of one call's limits, {index, remaining, reset_s, allowed} each.
+local function count_limits(call)
   local outcomes = {}
-  local writes = {}
-  if limit_count == 0 then
-    return outcomes, writes
-  end
-  local last_key = FIRST_LIMIT_KEY + limit_count - 1
-  local all_stored = redis.call('MGET', unpack(KEYS, FIRST_LIMIT_KEY, last_key))
-  for i = 1, limit_count do
-    local key = KEYS[FIRST_LIMIT_KEY + i - 1]
-    local amount = tonumber(ARGV[2 * i + 3])
-    local window_ms = tonumber(ARGV[2 * i + 4])
+  for i, key in ipairs(call.keys) do
+    local amount = tonumber(call.args[2 * i + 1])
+    local window_ms = tonumber(call.args[2 * i + 2])
 
     local window = math.floor(now_ms / window_ms)
     local left_ms = window_ms - (now_ms - window * window_ms)
-    local stored = all_stored[i]
-    local stored_window, stored_current, stored_previous = nil, 0, 0
-    if stored then
-      local w, c, p = string.match(stored, '^(%d+) (%d+) (%d+)$')
-      stored_window, stored_current, stored_previous = tonumber(w), tonumber(c), tonumber(p)
-    end
+    local stored = counters[key]
     local current, previous = 0, 0
-    if stored_window == window then
-      current, previous = stored_current, stored_previous
-    elseif stored_window == window - 1 then
-      previous = stored_current
+    if stored[1] == window then
+      current, previous = stored[2], stored[3]
+    elseif stored[1] == window - 1 then
+      previous = stored[2]
     end
 
     local weighted = previous * left_ms / window_ms + current
     if weighted + 1 <= amount then
       local remaining = math.floor(amount - weighted - 1)
       outcomes[i] = {i, remaining, math.max(1, math.ceil(left_ms / 1000)), true}
-      writes[i] = {key, window, current + 1, previous, 2 * window_ms, stored_window == window}
     else
       local room = amount - 1 - current
       local wait_ms
@@ -67,7 +97,40 @@ local function count_limits(now_ms)
       outcomes[i] = {i, 0, math.max(1, math.ceil(wait_ms / 1000)), false}
     end
   end
-  return outcomes, writes
+  return outcomes
+end
+
+-- Count one call against every one of its limits, after count_limits allowed them all.
+local function add_counts(call)
+  for i, key in ipairs(call.keys) do
+    local window_ms = tonumber(call.args[2 * i + 2])
+    local window = math.floor(now_ms / window_ms)
+    local stored = counters[key]
+    if stored[1] == window then
+      stored[2] = stored[2] + 1
+      stored[5] = true
+    else
+      local previous = 0
+      if stored[1] == window - 1 then
+        previous = stored[2]
+      end
+      counters[key] = {window, 1, previous, 2 * window_ms, true}
+    end
+  end
+end
+
+local function write_counters()
+  for key, stored in pairs(counters) do
+    if stored[5] then
+      -- The values are small integers, which concatenation writes without an exponent.
+      local text = stored[1] .. ' ' .. stored[2] .. ' ' .. stored[3]
+      if stored[4] then
+        redis.call('SET', key, text, 'PX', stored[4])
+      else
+        redis.call('SET', key, text, 'KEEPTTL')
+      end
+    end
+  end
 end
 
 -- First rejected outcome, else the one with the fewest calls left, as ratewindow.tightest.
@@ -84,105 +147,122 @@ local function tightest(outcomes)
   return best
 end
 
--- The config fields a poll reads; the document is read only when the caller lacks it.
-local cfg = load_config({'enabled', 'paused', 'release_rate', 'session_ttl_s',
-  'heartbeat_timeout_s', 'closes_at_ms', 'stock', 'max_session_s', 'revision'})
-if not cfg then
-  return {'entry_not_found'}
-end
-cfg.known_revision = known_revision
+-- Event state, read once and again after a call that changed it
 
-local now_ms = clock_ms()
-local outcomes, limit_writes = count_limits(now_ms)
-local limit = tightest(outcomes)
-if limit and not limit[4] then
-  return {'rate_limited', limit[1], limit[2], limit[3]}
+local st, ctl, fast, snapshot
+
+local function load_event_state()
+  st = load_state(now_ms)
+  -- ending_status reads the stock only. Without stock in the config nothing is sold out, so
+  -- the control hash is not read (the release step applies a removed stock to it).
+  ctl = {}
+  if (cfg.raw.stock or '') == '' then
+    load_controller_config(cfg)
+  else
+    ctl = load_control(cfg, {'stock_config', 'stock_left'})
+  end
+  -- True while a waiting entry's poll has nothing else to do: no state to create, no stock
+  -- to apply, nothing ending or to purge, no TTL to refresh.
+  fast = not st.dirty and not ctl.written and not ending_status(cfg, ctl, now_ms)
+    and not purge_due(cfg, now_ms) and ttl_is_fresh(st, now_ms)
+  snapshot = nil
 end
 
--- Writes the counters of the limits the call was counted against; call it once, last.
-local function write_limits()
-  for _, write in pairs(limit_writes) do
-    -- The values are small integers, which concatenation writes without an exponent.
-    local counters = write[2] .. ' ' .. write[3] .. ' ' .. write[4]
-    if write[6] then
-      redis.call('SET', write[1], counters, 'KEEPTTL')  -- set with PX when the window began
-    else
-      redis.call('SET', write[1], counters, 'PX', write[5])
+-- The snapshot is the same for every poll that changed no count. A reply that carried the
+-- config document makes the next one leave it out: the caller keeps it by revision.
+local function shared_snapshot()
+  if not snapshot then
+    snapshot = snapshot_reply(cfg, st, now_ms)
+    if snapshot[1][1] then
+      cfg.known_revision = cfg.raw.revision
+      local with_document = snapshot
+      snapshot = nil
+      return with_document
     end
   end
+  return snapshot
 end
 
-local function limit_reply()
-  if not limit then
-    return false
-  end
-  return {limit[1], limit[2], limit[3]}
-end
-
-local st = load_state(now_ms)
--- ending_status reads the stock only. Without stock in the config nothing is sold out, so the
--- control hash is not read (the release step applies a removed stock to it).
-local ctl = {}
-if (cfg.raw.stock or '') == '' then
-  load_controller_config(cfg)
-else
-  ctl = load_control(cfg, {'stock_config', 'stock_left'})
-end
-local raw = redis.call('HGET', K_ENTRIES, queue_id)
-
--- The common case first: a waiting entry polls while the event runs and nothing else is due
--- (no state to create, no stock to apply, nothing to purge, no TTL to refresh). It writes only
--- the heartbeat and the limit counters, and the rest of the script is never reached.
-if raw and entry_status(raw) == 'waiting' and not st.dirty and not ctl.written
-    and not ending_status(cfg, ctl, now_ms) and not purge_due(cfg, now_ms)
-    and ttl_is_fresh(st, now_ms) then
-  redis.call('ZADD', K_HEARTBEATS, 'XX', int_str(now_ms), queue_id)
-  local rank = redis.call('ZRANK', K_WAITING, queue_id)
-  if rank then
-    write_limits()
-    return {'ok', {queue_id, raw, rank + 1, now_ms}, snapshot_reply(cfg, st, now_ms), limit_reply()}
-  end
-end
-
--- gatekeep: rest of the prelude
-
-purge(cfg, st, now_ms)
-raw = redis.call('HGET', K_ENTRIES, queue_id)  -- the purge may have ended it
-local created_keys = false
-if raw then
-  local status = entry_status(raw)
-  if status == 'waiting' then
-    local ending = ending_status(cfg, ctl, now_ms)
-    if ending then
-      end_entry(queue_id, raw, ending, now_ms)
-      created_keys = true
-    else
-      redis.call('ZADD', K_HEARTBEATS, 'XX', int_str(now_ms), queue_id)
-    end
-  elseif status == 'admitted' and renew and cfg.max_session_ms then
-    local admitted_at_ms = tonumber(string.match(raw, ',"a":(%d+)'))
-    local expires_at_ms = tonumber(string.match(raw, ',"x":(%d+)'))
-    local renewed_ms = math.min(now_ms + cfg.session_ttl_ms, admitted_at_ms + cfg.max_session_ms)
-    if renewed_ms > expires_at_ms then
-      redis.call('ZADD', K_ADMITTED, 'XX', int_str(renewed_ms), queue_id)
-      local renewed_raw = string.gsub(raw, ',"x":%d+', ',"x":' .. int_str(renewed_ms), 1)
-      redis.call('HSET', K_ENTRIES, queue_id, renewed_raw)
+-- One call: the common case first, a waiting entry that polls while the event runs. It writes
+-- only the heartbeat.
+local function touch_entry(queue_id, renew)
+  local raw = redis.call('HGET', K_ENTRIES, queue_id)
+  if fast and raw and entry_status(raw) == 'waiting' then
+    redis.call('ZADD', K_HEARTBEATS, 'XX', int_str(now_ms), queue_id)
+    local rank = redis.call('ZRANK', K_WAITING, queue_id)
+    if rank then
+      return {'ok', {queue_id, raw, rank + 1, now_ms}, shared_snapshot()}
     end
   end
+
+  purge(cfg, st, now_ms)
+  raw = redis.call('HGET', K_ENTRIES, queue_id)  -- the purge may have ended it
+  local created_keys = false
+  if raw then
+    local status = entry_status(raw)
+    if status == 'waiting' then
+      local ending = ending_status(cfg, ctl, now_ms)
+      if ending then
+        end_entry(queue_id, raw, ending, now_ms)
+        created_keys = true
+      else
+        redis.call('ZADD', K_HEARTBEATS, 'XX', int_str(now_ms), queue_id)
+      end
+    elseif status == 'admitted' and renew and cfg.max_session_ms then
+      local admitted_at_ms = tonumber(string.match(raw, ',"a":(%d+)'))
+      local expires_at_ms = tonumber(string.match(raw, ',"x":(%d+)'))
+      local renewed_ms = math.min(now_ms + cfg.session_ttl_ms, admitted_at_ms + cfg.max_session_ms)
+      if renewed_ms > expires_at_ms then
+        redis.call('ZADD', K_ADMITTED, 'XX', int_str(renewed_ms), queue_id)
+        local renewed_raw = string.gsub(raw, ',"x":%d+', ',"x":' .. int_str(renewed_ms), 1)
+        redis.call('HSET', K_ENTRIES, queue_id, renewed_raw)
+      end
+    end
+  end
+
+  -- A plain poll created no key, so its TTL refresh can wait; anything else refreshes now.
+  if st.dirty or created_keys then
+    finish(cfg, st)
+  else
+    refresh_ttl_if_stale(cfg, st, now_ms)
+  end
+  if ctl.written or created_keys then
+    refresh_control_ttl()
+  end
+
+  local reply = {'entry_not_found'}
+  if raw then
+    reply = {'ok', entry_reply(queue_id), snapshot_reply(cfg, st, now_ms)}
+  end
+  load_event_state()  -- this call may have changed what the next one reads
+  return reply
 end
 
--- A plain poll created no key, so its TTL refresh can wait; anything else refreshes now.
-if st.dirty or created_keys then
-  finish(cfg, st)
-else
-  refresh_ttl_if_stale(cfg, st, now_ms)
-end
-if ctl.written or created_keys then
-  refresh_control_ttl()
-end
-write_limits()
+local function touch_call(call)
+  local outcomes = count_limits(call)
+  local limit = tightest(outcomes)
+  if limit and not limit[4] then
+    return {'rate_limited', limit[1], limit[2], limit[3]}
+  end
 
-if not raw then
-  return {'entry_not_found'}
+  local reply = touch_entry(call.args[1], call.args[2] == '1')
+  add_counts(call)
+  if reply[1] == 'ok' then
+    reply[4] = limit and {limit[1], limit[2], limit[3]} or false
+  end
+  return reply
 end
-return {'ok', entry_reply(queue_id), snapshot_reply(cfg, st, now_ms), limit_reply()}
+
+read_counters()
+load_event_state()
+local replies = {}
+for i, call in ipairs(calls) do
+  local ok, reply = pcall(touch_call, call)
+  if not ok then
+    -- A failed call fails alone; an error raised by redis.call is already an error reply.
+    reply = type(reply) == 'table' and reply or redis.error_reply(tostring(reply))
+  end
+  replies[i] = reply
+end
+write_counters()
+return replies
