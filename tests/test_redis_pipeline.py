@@ -158,6 +158,30 @@ async def test_touch_call_that_raises_fails_alone(redis_url: str) -> None:
     assert stored is not None and stored.endswith(" 2 0")  # the failed call was not counted
 
 
+async def test_touch_group_sends_the_config_document_once(redis_url: str) -> None:
+    store = RedisStore.from_url(redis_url)
+    await store.connect()
+    try:
+        await store.put_event(EventConfig(event_id="ev"))
+        queue_ids = [await join(store, "ev", f"d{index}") for index in range(3)]
+        client = Redis.from_url(redis_url, decode_responses=True)
+        batcher = ScriptBatcher(client, client.register_script(script_source("touch")))
+        keys = _touch_keys("ev")
+        replies = await asyncio.gather(
+            *(batcher("ev", keys, [""], [], [queue_id, "0"]) for queue_id in queue_ids)
+        )
+        await client.aclose()
+        snapshots = await asyncio.gather(*(store.touch("ev", queue_id) for queue_id in queue_ids))
+    finally:
+        await store.close()
+
+    documents = [reply[2][0][0] for reply in replies]  # the config reply of each snapshot
+    assert documents[0] is not None
+    assert documents[1:] == [None, None]
+    assert [snapshot.position for snapshot in snapshots] == [1, 2, 3]
+    assert all(snapshot.event.config.event_id == "ev" for snapshot in snapshots)
+
+
 async def test_scripts_reload_after_a_flush(redis_url: str) -> None:
     client = Redis.from_url(redis_url, decode_responses=True)
     batcher = ScriptBatcher(client, client.register_script(ECHO))

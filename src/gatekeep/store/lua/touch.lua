@@ -168,19 +168,26 @@ local function load_event_state()
   snapshot = nil
 end
 
--- The snapshot is the same for every poll that changed no count. A reply that carried the
--- config document makes the next one leave it out: the caller keeps it by revision.
-local function shared_snapshot()
-  if not snapshot then
-    snapshot = snapshot_reply(cfg, st, now_ms)
-    if snapshot[1][1] then
-      cfg.known_revision = cfg.raw.revision
-      local with_document = snapshot
-      snapshot = nil
-      return with_document
-    end
+-- A reply that carries the config document makes the later replies of the batch leave it
+-- out: the caller keeps the document by revision.
+local function reply_snapshot()
+  local reply = snapshot_reply(cfg, st, now_ms)
+  if reply[1][1] then
+    cfg.known_revision = cfg.raw.revision
   end
-  return snapshot
+  return reply
+end
+
+-- The snapshot is the same for every poll that changed no count.
+local function shared_snapshot()
+  if snapshot then
+    return snapshot
+  end
+  local reply = reply_snapshot()
+  if not reply[1][1] then
+    snapshot = reply
+  end
+  return reply
 end
 
 -- One call: the common case first, a waiting entry that polls while the event runs. It writes
@@ -232,7 +239,7 @@ local function touch_entry(queue_id, renew)
 
   local reply = {'entry_not_found'}
   if raw then
-    reply = {'ok', entry_reply(queue_id), snapshot_reply(cfg, st, now_ms)}
+    reply = {'ok', entry_reply(queue_id), reply_snapshot()}
   end
   load_event_state()  -- this call may have changed what the next one reads
   return reply
