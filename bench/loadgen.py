@@ -34,6 +34,10 @@ import orjson
 from yarl import URL
 
 REQUEST_TIMEOUT_S = 5.0
+# uvicorn closes a keep-alive connection that stays idle for 5 s (its default keep-alive
+# timeout). A request written at that moment fails with a closed connection, so the raw
+# client closes its own connections first, once they were idle this long.
+IDLE_CONNECTION_MAX_S = 4.0
 PREFILL_CONCURRENCY = 64
 # Sleeping for less than this only adds event-loop wake-ups. Such requests go out at once, and
 # their small lateness is part of their measured latency.
@@ -84,6 +88,7 @@ class RawConnection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.idle_since_s = 0.0  # loop time of the last release to the pool
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[int] | None = None
 
@@ -163,10 +168,13 @@ class RawClient:
             self._release(connection)
 
     async def _acquire(self) -> RawConnection:
+        now_s = asyncio.get_running_loop().time()
         while self._idle:
             connection = self._idle.pop()
-            if not connection.closed:
+            if not connection.closed and now_s - connection.idle_since_s < IDLE_CONNECTION_MAX_S:
                 return connection
+            if connection.transport is not None:
+                connection.transport.close()
             self._open_count -= 1
         if self._open_count < self._max_connections:
             self._open_count += 1
@@ -198,6 +206,7 @@ class RawClient:
             if not waiter.done():
                 waiter.set_result(connection)
                 return
+        connection.idle_since_s = asyncio.get_running_loop().time()
         self._idle.append(connection)
 
     async def _hand_new_connection(self) -> None:
