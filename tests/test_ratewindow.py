@@ -29,8 +29,11 @@ def test_allows_amount_then_rejects_into_next_window() -> None:
 
     assert [outcome.allowed for outcome in outcomes] == [True, True, True, False]
     assert [outcome.remaining for outcome in outcomes] == [2, 1, 0, 0]
+    assert [outcome.reset_s for outcome in outcomes[:2]] == [40, 40]  # the window's end
     # The window ends 40 s later, and its 3 calls then weigh 2 after another third of a minute.
     assert outcomes[3].reset_s == 60
+    # The call that used the last one says the same, not the window's end.
+    assert outcomes[2].reset_s == 60
 
 
 def test_previous_window_counts_by_its_overlap() -> None:
@@ -93,3 +96,20 @@ def test_retry_after_is_enough_to_be_allowed() -> None:
     assert not rejected.allowed
     assert retried.allowed
     assert not too_early.allowed
+
+
+def test_last_allowed_call_resets_when_the_next_is_allowed() -> None:
+    limit = WindowLimit(name="status.device", amount=5, window_ms=60_000, identifier="x")
+    # 4 calls in the previous window: at 130 s they weigh 4 * 50/60, about 3.3.
+    stored = WindowCount(window=2, current=0, previous=4)
+    last, counted = count_window(limit, stored, now_ms=130_000)
+
+    next_at_reset, _ = count_window(limit, counted, now_ms=130_000 + last.reset_s * 1000)
+    next_too_early, _ = count_window(limit, counted, now_ms=130_000 + last.reset_s * 1000 - 2000)
+
+    assert last.allowed and last.remaining == 0
+    # Room for a sixth call once the previous share drops from 3.3 to 3: 5 s later, not at
+    # the window's end 50 s later.
+    assert last.reset_s == 5
+    assert next_at_reset.allowed
+    assert not next_too_early.allowed

@@ -200,7 +200,7 @@ class StoreUnavailable(GatekeepError):
 
     def __init__(self, operation: str, retry_after_s: int = 2) -> None:
         super().__init__(
-            f"the queue store is unavailable during {operation}; retry in {retry_after_s} s",
+            f"the queue store is unavailable; retry in {retry_after_s} s",
             headers={"Retry-After": str(retry_after_s)},
         )
         self.operation = operation

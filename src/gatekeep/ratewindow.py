@@ -53,9 +53,10 @@ def count_window(
 ) -> tuple[WindowOutcome, WindowCount]:
     """Weigh one call against `limit`; return the outcome and the counters if it is counted.
 
-    `reset_s` is, for an allowed call, the seconds until the current window ends, and for a
-    rejected one the seconds until the weighted count leaves room for one more call, if no
-    call is counted meanwhile.
+    For a rejected call, `reset_s` is the seconds until the weighted count leaves room for one
+    more call, if no call is counted meanwhile. For an allowed call that leaves calls, it is
+    the seconds until the current window ends; for one that leaves none, the seconds until
+    the next call would be allowed, the wait a rejection right after it would give.
     """
     window = now_ms // limit.window_ms
     left_ms = limit.window_ms - (now_ms - window * limit.window_ms)
@@ -69,20 +70,29 @@ def count_window(
     weighted = previous * left_ms / limit.window_ms + current
     if weighted + 1 <= limit.amount:
         remaining = math.floor(limit.amount - weighted - 1)
-        outcome = WindowOutcome(limit.name, limit.amount, remaining, _ceil_s(left_ms), True)
+        reset_ms: float = left_ms
+        if remaining == 0:
+            reset_ms = _wait_ms(limit, current + 1, previous, left_ms)
+        outcome = WindowOutcome(limit.name, limit.amount, remaining, _ceil_s(reset_ms), True)
         return outcome, WindowCount(window, current + 1, previous)
 
-    # Within this window only the previous window's share shrinks. When the current count
-    # alone leaves no room, room comes in the next window, as that count's share shrinks.
-    room = limit.amount - 1 - current
-    if room >= 0:
-        wait_ms = left_ms - room * limit.window_ms / previous
-    elif current > 0:
-        wait_ms = left_ms + limit.window_ms * (1 - (limit.amount - 1) / current)
-    else:
-        wait_ms = left_ms + limit.window_ms  # an amount below 1 never leaves room
+    wait_ms = _wait_ms(limit, current, previous, left_ms)
     outcome = WindowOutcome(limit.name, limit.amount, 0, _ceil_s(wait_ms), False)
     return outcome, WindowCount(window, current, previous)
+
+
+def _wait_ms(limit: WindowLimit, current: int, previous: int, left_ms: int) -> float:
+    """Return the ms until counts of `current` and `previous` leave room for one more call.
+
+    Within this window only the previous window's share shrinks. When the current count alone
+    leaves no room, room comes in the next window, as that count's share shrinks.
+    """
+    room = limit.amount - 1 - current
+    if room >= 0:
+        return left_ms - room * limit.window_ms / previous
+    if current > 0:
+        return left_ms + limit.window_ms * (1 - (limit.amount - 1) / current)
+    return left_ms + limit.window_ms  # an amount below 1 never leaves room
 
 
 def tightest(outcomes: list[WindowOutcome]) -> WindowOutcome | None:

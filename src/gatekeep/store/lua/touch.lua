@@ -62,6 +62,18 @@ local function read_counters()
   end
 end
 
+-- The ms until counts of `current` and `previous` leave room for one more call, as
+-- ratewindow._wait_ms.
+local function wait_ms(amount, current, previous, left_ms, window_ms)
+  local room = amount - 1 - current
+  if room >= 0 then
+    return left_ms - room * window_ms / previous
+  elseif current > 0 then
+    return left_ms + window_ms * (1 - (amount - 1) / current)
+  end
+  return left_ms + window_ms
+end
+
 -- The arithmetic of gatekeep.ratewindow.count_window, in the same order, so both stores agree.
 -- Returns the outcomes of one call's limits, {index, remaining, reset_s, allowed} each.
 local function count_limits(call)
@@ -83,18 +95,14 @@ local function count_limits(call)
     local weighted = previous * left_ms / window_ms + current
     if weighted + 1 <= amount then
       local remaining = math.floor(amount - weighted - 1)
-      outcomes[i] = {i, remaining, math.max(1, math.ceil(left_ms / 1000)), true}
-    else
-      local room = amount - 1 - current
-      local wait_ms
-      if room >= 0 then
-        wait_ms = left_ms - room * window_ms / previous
-      elseif current > 0 then
-        wait_ms = left_ms + window_ms * (1 - (amount - 1) / current)
-      else
-        wait_ms = left_ms + window_ms
+      local reset_ms = left_ms
+      if remaining == 0 then
+        reset_ms = wait_ms(amount, current + 1, previous, left_ms, window_ms)
       end
-      outcomes[i] = {i, 0, math.max(1, math.ceil(wait_ms / 1000)), false}
+      outcomes[i] = {i, remaining, math.max(1, math.ceil(reset_ms / 1000)), true}
+    else
+      local waited_ms = wait_ms(amount, current, previous, left_ms, window_ms)
+      outcomes[i] = {i, 0, math.max(1, math.ceil(waited_ms / 1000)), false}
     end
   end
   return outcomes
