@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -23,6 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gatekeep.model import JoinRequest
+from gatekeep.queue import new_queue_id
 from gatekeep.store.base import Store
 from gatekeep.store.memory import MemoryStore
 
@@ -294,3 +297,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     if exitstatus == 0:
         shutil.rmtree(LOG_DIRECTORY, ignore_errors=True)
+
+
+def join_request(event_id: str, device_id: str, bucket: str = "default") -> JoinRequest:
+    """Return a join of `device_id` with fresh random ids, as the service would build it."""
+    return JoinRequest(
+        queue_id=new_queue_id(event_id),
+        event_id=event_id,
+        device_id=device_id,
+        user_id=None,
+        bucket=bucket,
+        token_id=secrets.token_urlsafe(16),
+        nonce=secrets.token_urlsafe(12),
+    )

@@ -13,9 +13,8 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from conftest import RedisServer
-from gatekeep.model import EventConfig, JoinRequest
-from gatekeep.queue import new_queue_id
+from conftest import RedisServer, join_request
+from gatekeep.model import EventConfig
 from gatekeep.store.keys import rate_limit_key
 from gatekeep.store.pipeline import MAX_CALLS_PER_SCRIPT, ScriptBatcher
 from gatekeep.store.redis import RedisStore, _touch_keys
@@ -158,7 +157,7 @@ async def test_touch_call_that_raises_fails_alone(redis_url: str) -> None:
     assert stored is not None and stored.endswith(" 2 0")  # the failed call was not counted
 
 
-async def test_touch_group_sends_the_config_document_once(redis_url: str) -> None:
+async def test_touch_batch_sends_document_once(redis_url: str) -> None:
     store = RedisStore.from_url(redis_url)
     await store.connect()
     try:
@@ -263,16 +262,7 @@ async def test_pruned_scripts_compile(redis_url: str, name: str) -> None:
 
 
 async def join(store: RedisStore, event_id: str, device_id: str) -> str:
-    request = JoinRequest(
-        queue_id=new_queue_id(event_id),
-        event_id=event_id,
-        device_id=device_id,
-        user_id=None,
-        bucket="default",
-        token_id="t" * 22,
-        nonce="n" * 16,
-    )
-    return (await store.join(request)).snapshot.entry.queue_id
+    return (await store.join(join_request(event_id, device_id))).snapshot.entry.queue_id
 
 
 async def test_touch_reads_a_config_dropped_from_its_cache(redis_url: str) -> None:

@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 
 import pytest
 
+from conftest import join_request
 from gatekeep.errors import EntryNotFound, EventDisabled, EventNotFound, QueueFull, RateLimited
-from gatekeep.model import EntryStatus, EventConfig, JoinRequest
+from gatekeep.model import EntryStatus, EventConfig
 from gatekeep.queue import new_queue_id
 from gatekeep.ratewindow import WindowLimit
 from gatekeep.store.base import Store
-
-
-def join_request(event_id: str, device_id: str, bucket: str = "default") -> JoinRequest:
-    return JoinRequest(
-        queue_id=new_queue_id(event_id),
-        event_id=event_id,
-        device_id=device_id,
-        user_id=None,
-        bucket=bucket,
-        token_id=secrets.token_urlsafe(16),
-        nonce=secrets.token_urlsafe(12),
-    )
 
 
 async def make_event(store: Store, event_id: str = "ev1", **fields: object) -> EventConfig:
@@ -485,7 +473,7 @@ async def test_touch_counts_limits_all_or_none(store: Store) -> None:
     # Up to the window's end, then a third of the next window, when 3 of 3 weigh 2.
     retry_after_s = int(rejected.value.headers["Retry-After"])
     assert 1 <= retry_after_s <= 80
-    # The call that used the last one already said when the next would be allowed.
+    # The call that used the last one already gave the wait until the next is allowed.
     assert counted[2].limit is not None
     assert abs(counted[2].limit.reset_s - retry_after_s) <= 1
     # The rejected call did not count against the IP limit: 3 of 5 used before this call.
@@ -532,7 +520,7 @@ async def test_concurrent_touches_count_in_call_order(store: Store) -> None:
     assert other_event.limit.remaining == 2  # the other event counts under its own key
 
 
-async def test_concurrent_touches_of_entries_in_every_state(store: Store) -> None:
+async def test_concurrent_touches_of_mixed_entries(store: Store) -> None:
     await make_event(store, release_rate=1000)
     queue_ids = await join_many(store, "ev1", 4)
     await asyncio.sleep(0.05)
@@ -558,7 +546,7 @@ async def test_concurrent_touches_of_entries_in_every_state(store: Store) -> Non
     assert second.position == 1
 
 
-async def test_concurrent_touches_see_a_purge_by_an_earlier_one(store: Store) -> None:
+async def test_concurrent_touch_sees_earlier_purge(store: Store) -> None:
     await make_event(store, heartbeat_timeout_s=1)
     silent, middle, last = await join_many(store, "ev1", 3)
     for _ in range(6):
@@ -566,7 +554,7 @@ async def test_concurrent_touches_see_a_purge_by_an_earlier_one(store: Store) ->
         await store.touch("ev1", middle)
         await store.touch("ev1", last)
 
-    # The first call expires the silent entry; the second must see the queue without it.
+    # The first call expires the silent entry. The second must see the queue without it.
     results = await asyncio.gather(store.touch("ev1", last), store.touch("ev1", middle))
 
     assert [snapshot.position for snapshot in results] == [2, 1]

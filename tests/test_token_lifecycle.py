@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,11 +12,10 @@ import jwt
 import pytest
 from jwt.algorithms import OKPAlgorithm
 
-from conftest import ADMIN_KEY, Service, start_service
+from conftest import ADMIN_KEY, Service, join_request, start_service
 from gatekeep.consume import AsyncConsumeClient, ConsumeClient
 from gatekeep.middleware import GatekeepASGIMiddleware, GatekeepWSGIMiddleware
 from gatekeep.model import EntryStatus, EventConfig, JoinRequest
-from gatekeep.queue import new_queue_id
 from gatekeep.store.base import Store
 from gatekeep.tokens import Verifier, generate_key_file
 from gatekeep.tokens.records import TokenState
@@ -37,15 +35,7 @@ async def admit(
     await store.put_event(EventConfig.from_dict({"event_id": event_id, **config}))
     requests = []
     for device_id in device_ids:
-        request = JoinRequest(
-            queue_id=new_queue_id(event_id),
-            event_id=event_id,
-            device_id=device_id,
-            user_id=None,
-            bucket="default",
-            token_id=secrets.token_urlsafe(16),
-            nonce=secrets.token_urlsafe(12),
-        )
+        request = join_request(event_id, device_id)
         await store.join(request)
         requests.append(request)
     await asyncio.sleep(0.05)

@@ -34,9 +34,9 @@ local now_ms = clock_ms()
 -- Rate limits
 
 -- The counters of every limit key of the batch, read with one MGET and written once at the
--- end: key -> {window, current, previous, px_ms, changed}. px_ms is set when the stored
--- counters are of an older window, so the write starts the key's lifetime again; otherwise
--- the write keeps it. Only changed counters are written.
+-- end: key -> {window, current, previous, px_ms, changed}. px_ms is set once a count starts a
+-- window that Redis does not have yet, so the write starts the key's lifetime again.
+-- Otherwise the write keeps the lifetime. Only changed counters are written.
 local counters = {}
 
 local function read_counters()
@@ -62,8 +62,8 @@ local function read_counters()
   end
 end
 
--- The ms until counts of `current` and `previous` leave room for one more call, as
--- ratewindow._wait_ms.
+-- Return the ms until counts of `current` and `previous` leave room for one more call, as
+-- ratewindow._wait_ms does.
 local function wait_ms(amount, current, previous, left_ms, window_ms)
   local room = amount - 1 - current
   if room >= 0 then
@@ -75,7 +75,8 @@ local function wait_ms(amount, current, previous, left_ms, window_ms)
 end
 
 -- The arithmetic of gatekeep.ratewindow.count_window, in the same order, so both stores agree.
--- Returns the outcomes of one call's limits, {index, remaining, reset_s, allowed} each.
+-- Returns the outcomes of one call's limits, {index, remaining, reset_s, allowed, counted}
+-- each, where `counted` is the key's counters if the call is counted.
 local function count_limits(call)
   local outcomes = {}
   for i, key in ipairs(call.keys) do
@@ -86,8 +87,9 @@ local function count_limits(call)
     local left_ms = window_ms - (now_ms - window * window_ms)
     local stored = counters[key]
     local current, previous = 0, 0
+    local px_ms = 2 * window_ms  -- a new window starts the key's lifetime again
     if stored[1] == window then
-      current, previous = stored[2], stored[3]
+      current, previous, px_ms = stored[2], stored[3], stored[4]
     elseif stored[1] == window - 1 then
       previous = stored[2]
     end
@@ -99,7 +101,8 @@ local function count_limits(call)
       if remaining == 0 then
         reset_ms = wait_ms(amount, current + 1, previous, left_ms, window_ms)
       end
-      outcomes[i] = {i, remaining, math.max(1, math.ceil(reset_ms / 1000)), true}
+      local counted = {window, current + 1, previous, px_ms, true}
+      outcomes[i] = {i, remaining, math.max(1, math.ceil(reset_ms / 1000)), true, counted}
     else
       local waited_ms = wait_ms(amount, current, previous, left_ms, window_ms)
       outcomes[i] = {i, 0, math.max(1, math.ceil(waited_ms / 1000)), false}
@@ -109,21 +112,9 @@ local function count_limits(call)
 end
 
 -- Count one call against every one of its limits, after count_limits allowed them all.
-local function add_counts(call)
+local function add_counts(call, outcomes)
   for i, key in ipairs(call.keys) do
-    local window_ms = tonumber(call.args[2 * i + 2])
-    local window = math.floor(now_ms / window_ms)
-    local stored = counters[key]
-    if stored[1] == window then
-      stored[2] = stored[2] + 1
-      stored[5] = true
-    else
-      local previous = 0
-      if stored[1] == window - 1 then
-        previous = stored[2]
-      end
-      counters[key] = {window, 1, previous, 2 * window_ms, true}
-    end
+    counters[key] = outcomes[i][5]
   end
 end
 
@@ -198,8 +189,8 @@ local function shared_snapshot()
   return reply
 end
 
--- One call: the common case first, a waiting entry that polls while the event runs. It writes
--- only the heartbeat.
+-- Touch one entry. The common case comes first: a waiting entry that polls while the event
+-- runs, which writes only the heartbeat.
 local function touch_entry(queue_id, renew)
   local raw = redis.call('HGET', K_ENTRIES, queue_id)
   if fast and raw and entry_status(raw) == 'waiting' then
@@ -261,7 +252,7 @@ local function touch_call(call)
   end
 
   local reply = touch_entry(call.args[1], call.args[2] == '1')
-  add_counts(call)
+  add_counts(call, outcomes)
   if reply[1] == 'ok' then
     reply[4] = limit and {limit[1], limit[2], limit[3]} or false
   end
@@ -274,7 +265,7 @@ local replies = {}
 for i, call in ipairs(calls) do
   local ok, reply = pcall(touch_call, call)
   if not ok then
-    -- A failed call fails alone; an error raised by redis.call is already an error reply.
+    -- A failed call fails alone. An error raised by redis.call is already an error reply.
     reply = type(reply) == 'table' and reply or redis.error_reply(tostring(reply))
   end
   replies[i] = reply
