@@ -32,7 +32,7 @@ def test_allows_amount_then_rejects_into_next_window() -> None:
     assert [outcome.reset_s for outcome in outcomes[:2]] == [40, 40]  # the window's end
     # The window ends 40 s later, and its 3 calls then weigh 2 after another third of a minute.
     assert outcomes[3].reset_s == 60
-    # The call that used the last one says the same, not the window's end.
+    # The call that used the last one gives the same wait, not the window's end.
     assert outcomes[2].reset_s == 60
 
 
@@ -98,7 +98,7 @@ def test_retry_after_is_enough_to_be_allowed() -> None:
     assert not too_early.allowed
 
 
-def test_last_allowed_call_resets_when_the_next_is_allowed() -> None:
+def test_last_allowed_call_reset_is_next_allowed() -> None:
     limit = WindowLimit(name="status.device", amount=5, window_ms=60_000, identifier="x")
     # 4 calls in the previous window: at 130 s they weigh 4 * 50/60, about 3.3.
     stored = WindowCount(window=2, current=0, previous=4)

@@ -55,8 +55,9 @@ def count_window(
 
     For a rejected call, `reset_s` is the seconds until the weighted count leaves room for one
     more call, if no call is counted meanwhile. For an allowed call that leaves calls, it is
-    the seconds until the current window ends; for one that leaves none, the seconds until
-    the next call would be allowed, the wait a rejection right after it would give.
+    the seconds until the current window ends. For an allowed call that leaves none, it is the
+    seconds until the next call would be allowed, which is the wait a rejection right after
+    it would give.
     """
     window = now_ms // limit.window_ms
     left_ms = limit.window_ms - (now_ms - window * limit.window_ms)

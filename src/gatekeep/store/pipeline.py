@@ -33,8 +33,8 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-# Calls in one script call at most. A larger group is split, so that no script keeps Redis busy
-# for long: a touch script of 200 status polls with two limits each ran about 2 ms here.
+# Maximum number of calls in one script call. A larger group is split, so that no script keeps
+# Redis busy for long: a touch script of 200 status polls with two limits each ran about 2 ms.
 MAX_CALLS_PER_SCRIPT = 200
 
 
@@ -83,8 +83,8 @@ class ScriptBatcher:
     ) -> Any:
         """Run one call and return its reply, or raise its error.
 
-        Calls with the same `group` in one turn share one script call; the first call's
-        `shared_keys` and `shared_args` stand for the group.
+        Calls with the same `group` in one turn share one script call, which uses the first
+        call's `shared_keys` and `shared_args` for the whole group.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()

@@ -103,8 +103,10 @@ def prune_prelude(prelude: str, code: str) -> str:
         needed.add(name)
         pending.extend(used for used in definitions[name].uses if used in definitions)
 
-    kept = [block.text for block in blocks if block.defines is None or block.defines in needed]
-    return "\n".join(kept)
+    statements = [
+        block.text for block in blocks if block.defines is None or block.defines in needed
+    ]
+    return "\n".join(statements)
 
 
 def _split_blocks(prelude: str) -> list[_Block]:
